@@ -1,0 +1,160 @@
+"""Checkpoint to verified bundle: load, trace, optimize, verify, write."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import onnx
+import onnxruntime
+import torch
+import transformers
+
+import maskserve
+from export.checkpoint import load_checkpoint
+from export.errors import ExportError, VerificationFailed
+from export.metadata import build_labels, canvas_from_preprocessor, normalization_from_preprocessor
+from export.onnx_export import MAX_SIDE, MIN_OPSET, convert_fp16, export_onnx
+from export.verify import Report, verify
+from export.writer import check_destination, staged_bundle
+from maskserve.bundle import (
+    CANVAS_MULTIPLE,
+    INPUTS,
+    MODEL_NAME,
+    OUTPUTS,
+    SCHEMA_VERSION,
+    Canvas,
+    Manifest,
+    Source,
+    Task,
+    Thresholds,
+    Versions,
+    tensor_specs,
+    write_manifest,
+)
+from model.wrapper import ServingMaskFormer
+
+
+@dataclass
+class ExportOptions:
+    model: str
+    out: Path
+    size: tuple[int, int] | None = None
+    extra_canvases: list[tuple[int, int]] = field(default_factory=list)
+    max_batch: int = 8
+    opset: int = 18
+    fp16: bool = False
+    thing_ids: list[int] | None = None
+    default_task: Task | None = None
+    name: str | None = None
+    verify: bool = True
+    force: bool = False
+
+
+def validate_options(options: ExportOptions) -> None:
+    for height, width in [*([options.size] if options.size else []), *options.extra_canvases]:
+        for side in (height, width):
+            if side <= 0 or side % CANVAS_MULTIPLE or side > MAX_SIDE:
+                raise ExportError(
+                    f"size {height}x{width} is invalid: each side must be a positive multiple of "
+                    f"{CANVAS_MULTIPLE} up to {MAX_SIDE}"
+                )
+    if not 1 <= options.max_batch <= 256:
+        raise ExportError(f"--max-batch {options.max_batch} is out of range 1..256")
+    if options.opset < MIN_OPSET:
+        raise ExportError(f"--opset {options.opset} is too old: the dynamo exporter needs {MIN_OPSET} or newer")
+
+
+class _Progress:
+    def __init__(self, log: Callable[[str], None], steps: int) -> None:
+        self.log, self.steps, self.step, self.started = log, steps, 0, time.perf_counter()
+
+    def __call__(self, message: str) -> None:
+        self.step += 1
+        self.log(f"[{self.step}/{self.steps}] {message} (t={time.perf_counter() - self.started:.1f}s)")
+
+
+def run_export(options: ExportOptions, log: Callable[[str], None] = print) -> Manifest:
+    """Export, verify and write; returns the manifest. Raises ExportError / VerificationFailed."""
+    validate_options(options)
+    check_destination(options.out, options.force)
+    progress = _Progress(log, 5 if options.verify else 4)
+
+    progress(f"loading checkpoint {options.model}")
+    checkpoint = load_checkpoint(options.model)
+    config = checkpoint.model.config
+    labels = build_labels(config.id2label, options.thing_ids)
+    canvas = Canvas(height=options.size[0], width=options.size[1]) if options.size else canvas_from_preprocessor(
+        checkpoint.preprocessor
+    )
+    canvases = [canvas, *(Canvas(height=h, width=w) for h, w in options.extra_canvases if (h, w) != canvas.hw)]
+    has_stuff = any(not label.isthing for label in labels)
+    default_task: Task = options.default_task or ("panoptic" if has_stuff else "semantic")
+    precision = "fp16" if options.fp16 else "fp32"
+
+    with staged_bundle(options.out, options.force) as staging:
+        onnx_path = staging / MODEL_NAME
+        progress(f"tracing with torch.onnx.export(dynamo=True, opset={options.opset}) at {canvas}")
+        serving = ServingMaskFormer(checkpoint.model)
+        export_onnx(serving, canvas, options.max_batch, options.opset, onnx_path)
+        progress("optimizing and checking the graph" + (" (float16)" if options.fp16 else ""))
+        if options.fp16:
+            convert_fp16(onnx_path)
+        onnx.checker.check_model(str(onnx_path))
+
+        report: Report | None = None
+        if options.verify:
+            progress("verifying against PyTorch in ONNX Runtime")
+            report = verify(onnx_path, checkpoint.model, canvas, precision)
+            if not report.ok:
+                raise VerificationFailed(report.table())
+        progress(f"writing {options.out}")
+        manifest = Manifest(
+            schema_version=SCHEMA_VERSION,
+            name=options.name or Path(checkpoint.source.rstrip("/")).name,
+            source=Source(checkpoint=checkpoint.source, sha256=checkpoint.sha256, backbone=checkpoint.backbone),
+            labels=labels,
+            num_queries=int(config.decoder_config.num_queries),
+            canvas=canvas,
+            canvases=tuple(canvases),
+            max_batch=options.max_batch,
+            normalization=normalization_from_preprocessor(checkpoint.preprocessor),
+            thresholds=Thresholds(),
+            default_task=default_task,
+            precision=precision,
+            inputs=tensor_specs(INPUTS),
+            outputs=tensor_specs(OUTPUTS),
+            versions=Versions(
+                maskserve=maskserve.__version__,
+                torch=torch.__version__,
+                transformers=transformers.__version__,
+                onnx=onnx.__version__,
+                onnxruntime=onnxruntime.__version__,
+                opset=options.opset,
+            ),
+            verification=report.summary() if report else None,
+            created=datetime.now(UTC).isoformat(timespec="seconds"),
+        )
+        write_manifest(staging, manifest)
+    if report is not None:
+        log(report.table())
+    return manifest
+
+
+def quiet_libraries() -> None:
+    """Silence library chatter (progress bars, unsupported-backbone and torchvision notices) so
+    that the CLI prints only its own progress lines and errors."""
+    import logging
+
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    for name in ("torch.onnx", "torch._dynamo", "torch.export", "onnxscript"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def print_error(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)

@@ -1,0 +1,161 @@
+"""Check an exported graph against PyTorch before a bundle is written.
+
+Two comparisons per case, as optimum's ``_run_validation`` does it (every output compared,
+every failure collected, the max error reported):
+
+1. the graph's raw ``class_logits`` / ``mask_logits`` against transformers' own forward;
+2. the graph's fused outputs against ``model.reference`` applied to the graph's own logits,
+   so that the reductions are checked alone, without near-ties in random weights amplifying
+   1e-7 logit differences into flipped argmaxes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from transformers import MaskFormerForInstanceSegmentation
+
+from export.onnx_export import sample_inputs
+from maskserve.bundle import INPUTS, OUTPUTS, Canvas
+from model.reference import reference_outputs
+from model.wrapper import raw_logits
+
+# (raw-logit max abs error, label-map pixel agreement, score max abs error)
+LIMITS = {"fp32": (1e-4, 0.9999, 1e-5), "fp16": (float("inf"), 0.995, 5e-3)}
+
+
+@dataclass
+class Check:
+    case: str
+    output: str
+    metric: str
+    value: float
+    limit: float
+    higher_is_better: bool
+
+    @property
+    def ok(self) -> bool:
+        return self.value >= self.limit if self.higher_is_better else self.value <= self.limit
+
+
+@dataclass
+class Report:
+    checks: list[Check]
+    providers: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return all(check.ok for check in self.checks)
+
+    def table(self) -> str:
+        rows = [f"{'case':<22} {'output':<16} {'metric':<18} {'value':>12} {'limit':>10}  ok"]
+        for c in self.checks:
+            op = ">=" if c.higher_is_better else "<="
+            rows.append(
+                f"{c.case:<22} {c.output:<16} {c.metric:<18} {c.value:>12.3g} {op}{c.limit:>8.3g}  "
+                f"{'yes' if c.ok else 'NO'}"
+            )
+        return "\n".join(rows)
+
+    def summary(self) -> dict[str, object]:
+        worst: dict[str, float] = {}
+        for c in self.checks:
+            key = f"{c.output}.{c.metric}"
+            worst[key] = min(worst.get(key, c.value), c.value) if c.higher_is_better else max(worst.get(key, c.value), c.value)
+        return {"passed": self.ok, "providers": self.providers, "worst": worst, "checks": [asdict(c) for c in self.checks]}
+
+
+def verification_canvases(canvas: Canvas) -> list[Canvas]:
+    """The export canvas and one other size (taller and narrower), both multiples of 32."""
+    other = Canvas(height=canvas.height + 64, width=max(64, canvas.width - 64))
+    return [canvas, other]
+
+
+def verify(
+    onnx_path: Path,
+    hf_model: MaskFormerForInstanceSegmentation,
+    canvas: Canvas,
+    precision: str,
+    batch: int = 2,
+    providers: list[str] | None = None,
+) -> Report:
+    session = ort.InferenceSession(str(onnx_path), providers=providers or ["CPUExecutionProvider"])
+    logit_limit, agreement_limit, score_limit = LIMITS[precision]
+    checks: list[Check] = []
+    for size in verification_canvases(canvas):
+        inputs = sample_inputs(batch, size, seed=size.height * 10_000 + size.width)
+        feeds = {name: tensor.numpy() for name, tensor in zip(INPUTS, inputs, strict=True)}
+        got = dict(zip(OUTPUTS, session.run(list(OUTPUTS), feeds), strict=True))
+        case = f"{batch}x{size}"
+        torch_class, torch_mask = raw_logits(hf_model, inputs[0])
+        for name, expected in (("class_logits", torch_class), ("mask_logits", torch_mask)):
+            error = float(np.abs(got[name] - expected.numpy()).max())
+            checks.append(Check(case, name, "max_abs_error", error, logit_limit, False))
+
+        reference = reference_outputs(
+            torch.from_numpy(got["class_logits"]),
+            torch.from_numpy(got["mask_logits"]),
+            inputs[1],
+            inputs[2],
+            inputs[3],
+            size.hw,
+        )
+        checks.extend(_compare_fused(case, got, {k: v.numpy() for k, v in reference.items()}, agreement_limit, score_limit))
+        # End to end (PyTorch logits through the reference) is reported, not gated: with
+        # random weights, near-tied queries make it flip on 1e-7 logit differences.
+        e2e = reference_outputs(torch_class, torch_mask, inputs[1], inputs[2], inputs[3], size.hw)
+        agreement = float((e2e["semantic_map"].numpy() == got["semantic_map"]).mean())
+        checks.append(Check(case, "semantic_map", "e2e_agreement", agreement, 0.0, True))
+    return Report(checks=checks, providers=session.get_providers())
+
+
+def _compare_fused(
+    case: str, got: dict[str, np.ndarray], ref: dict[str, np.ndarray], agreement_limit: float, score_limit: float
+) -> list[Check]:
+    checks = []
+    for name in ("semantic_map", "panoptic_map"):
+        checks.append(Check(case, name, "agreement", float((got[name] == ref[name]).mean()), agreement_limit, True))
+    checks.append(Check(case, "query_labels", "agreement", float((got["query_labels"] == ref["query_labels"]).mean()), agreement_limit, True))
+    error = float(np.abs(got["query_scores"] - ref["query_scores"]).max())
+    checks.append(Check(case, "query_scores", "max_abs_error", error, score_limit, False))
+    # Areas count pixels against thresholds; a probability within an ulp of the threshold
+    # may land on either side, so allow the label-map disagreement budget, at least 4 pixels.
+    pixels = got["panoptic_map"].shape[-1] * got["panoptic_map"].shape[-2]
+    area_error = float(np.abs(got["panoptic_areas"].astype(np.int64) - ref["panoptic_areas"]).max())
+    area_limit = max(4.0, (1 - agreement_limit) * pixels)
+    checks.append(Check(case, "panoptic_areas", "max_abs_error_px", area_error, area_limit, False))
+    matched, mask_agreement = _match_instances(got, ref, score_limit)
+    checks.append(Check(case, "instance_scores", "matched_fraction", matched, agreement_limit, True))
+    checks.append(Check(case, "instance_masks", "agreement", mask_agreement, agreement_limit, True))
+    return checks
+
+
+def _match_instances(got: dict[str, np.ndarray], ref: dict[str, np.ndarray], score_limit: float) -> tuple[float, float]:
+    """Match top-k entries by (label, score) irrespective of order.
+
+    Entries whose class scores tie to the last bit can come out of TopK in either order, so
+    each graph entry is paired with an unused reference entry of the same label and score.
+    Returns the matched fraction and the pixel agreement of the matched masks.
+    """
+    matched = equal_pixels = total_pixels = 0
+    total = got["instance_labels"].size
+    for b in range(got["instance_labels"].shape[0]):
+        used: set[int] = set()
+        for i, (label, score) in enumerate(zip(got["instance_labels"][b], got["instance_scores"][b], strict=True)):
+            candidates = [
+                j
+                for j in np.flatnonzero(ref["instance_labels"][b] == label)
+                if j not in used and abs(ref["instance_scores"][b, j] - score) <= score_limit
+            ]
+            if not candidates:
+                continue
+            j = i if i in candidates else int(candidates[0])
+            used.add(j)
+            matched += 1
+            equal_pixels += int((got["instance_masks"][b, i] == ref["instance_masks"][b, j]).sum())
+            total_pixels += got["instance_masks"][b, i].size
+    return matched / max(total, 1), equal_pixels / max(total_pixels, 1)

@@ -1,0 +1,3 @@
+"""maskserve: serve MaskFormer segmentation models over HTTP."""
+
+__version__ = "0.1.0"

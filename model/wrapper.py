@@ -1,0 +1,59 @@
+"""Inference-only wrapper that turns transformers' MaskFormer into the exported graph."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from transformers import MaskFormerForInstanceSegmentation
+
+from model.fused_head import FusedMaskHead
+
+
+class ServingMaskFormer(nn.Module):
+    """``pixel_values`` + per-image thresholds in, compact per-task tensors out.
+
+    Works for every backbone transformers' MaskFormer supports (Swin and ResNet): it reuses
+    the checkpoint's own backbone, pixel decoder, transformer decoder, class predictor and
+    mask embedder, and replaces only what comes after them with ``FusedMaskHead``.
+    """
+
+    input_names = ("pixel_values", "image_sizes", "score_threshold", "mask_threshold")
+
+    def __init__(self, hf_model: MaskFormerForInstanceSegmentation) -> None:
+        super().__init__()
+        self.body = hf_model.model
+        self.class_predictor = hf_model.class_predictor
+        self.mask_embedder = hf_model.mask_embedder
+        self.head = FusedMaskHead()
+        self.eval()
+
+    def forward(
+        self,
+        pixel_values: Tensor,
+        image_sizes: Tensor,
+        score_threshold: Tensor,
+        mask_threshold: Tensor,
+    ) -> dict[str, Tensor]:
+        """Args: ``pixel_values (B, 3, H, W)`` float32, normalized, H and W multiples of 32;
+        ``image_sizes (B, 2)`` int64; ``score_threshold (B,)`` and ``mask_threshold (B,)``
+        float32. Returns the outputs listed in ``maskserve.bundle.OUTPUTS``."""
+        outputs = self.body(pixel_values, return_dict=True)
+        queries = outputs.transformer_decoder_last_hidden_state  # (B, Q, C)
+        pixel_embeddings = outputs.pixel_decoder_last_hidden_state  # (B, C, H/4, W/4)
+        return self.head(
+            class_logits=self.class_predictor(queries),
+            mask_embeddings=self.mask_embedder(queries),
+            pixel_embeddings=pixel_embeddings,
+            image_sizes=image_sizes,
+            score_threshold=score_threshold,
+            mask_threshold=mask_threshold,
+            canvas_hw=(pixel_values.shape[-2], pixel_values.shape[-1]),
+        )
+
+
+@torch.inference_mode()
+def raw_logits(hf_model: MaskFormerForInstanceSegmentation, pixel_values: Tensor) -> tuple[Tensor, Tensor]:
+    """transformers' own forward: ``class_queries_logits (B, Q, K+1)``, ``masks_queries_logits
+    (B, Q, H/4, W/4)``. The independent reference that the exported graph is checked against."""
+    out = hf_model(pixel_values=pixel_values)
+    return out.class_queries_logits, out.masks_queries_logits

@@ -1,0 +1,72 @@
+"""Tiny random MaskFormer checkpoints, saved with ``save_pretrained`` (nothing downloaded)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import (
+    DetrConfig,
+    MaskFormerConfig,
+    MaskFormerForInstanceSegmentation,
+    MaskFormerImageProcessor,
+    ResNetConfig,
+    SwinConfig,
+)
+
+STAGES = ["stage1", "stage2", "stage3", "stage4"]
+LABELS = {0: "circle", 1: "square", 2: "sky", 3: "ground"}
+THING_IDS = [0, 1]
+
+
+def tiny_config(backbone: str, num_queries: int = 10, labels: dict[int, str] = LABELS) -> MaskFormerConfig:
+    if backbone == "swin":
+        backbone_config = SwinConfig(depths=[1, 1, 1, 1], embed_dim=16, num_heads=[1, 1, 2, 2], out_features=STAGES)
+    elif backbone == "resnet":
+        backbone_config = ResNetConfig(
+            embedding_size=8, hidden_sizes=[8, 16, 16, 32], depths=[1, 1, 1, 1], layer_type="basic", out_features=STAGES
+        )
+    else:
+        raise ValueError(backbone)
+    decoder = DetrConfig(
+        decoder_ffn_dim=64,
+        decoder_layers=2,
+        encoder_ffn_dim=64,
+        encoder_layers=2,
+        num_queries=num_queries,
+        decoder_attention_heads=2,
+        d_model=32,
+    )
+    return MaskFormerConfig(
+        backbone_config=backbone_config,
+        decoder_config=decoder,
+        mask_feature_size=32,
+        fpn_feature_size=32,
+        id2label=dict(labels),
+        label2id={v: k for k, v in labels.items()},
+    )
+
+
+def tiny_model(backbone: str, seed: int = 0, num_queries: int = 10) -> MaskFormerForInstanceSegmentation:
+    """A random model whose queries differ and whose class scores are decisive.
+
+    With the default init every query embedding is near-identical (std 0.02), so every query
+    predicts the same thing and argmaxes tie; std 1.0 queries and a sharper class predictor
+    give outputs with distinct segments, like a trained model's.
+    """
+    torch.manual_seed(seed)
+    model = MaskFormerForInstanceSegmentation(tiny_config(backbone, num_queries)).eval()
+    with torch.no_grad():
+        model.model.transformer_module.queries_embedder.weight.normal_(0.0, 1.0)
+        model.class_predictor.weight.mul_(8.0)
+        for layer in model.mask_embedder.modules():
+            if isinstance(layer, torch.nn.Linear):
+                layer.weight.mul_(2.0)
+    return model
+
+
+def save_tiny_checkpoint(directory: Path, backbone: str, size: int = 128, seed: int = 0) -> Path:
+    model = tiny_model(backbone, seed)
+    model.save_pretrained(directory)
+    MaskFormerImageProcessor(size={"height": size, "width": size}).save_pretrained(directory)
+    return directory

@@ -1,0 +1,73 @@
+"""Session-wide fixtures: tiny checkpoints and their exported bundles (exports are slow)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    run_slow = os.environ.get("MASKSERVE_SLOW") == "1"
+    for item in items:
+        if "slow" in item.keywords and not run_slow:
+            item.add_marker(pytest.mark.skip(reason="slow: set MASKSERVE_SLOW=1 to run"))
+
+
+@pytest.fixture(scope="session")
+def checkpoint_factory(tmp_path_factory: pytest.TempPathFactory):
+    from tests.checkpoints import save_tiny_checkpoint
+
+    cache: dict[str, Path] = {}
+
+    def make(backbone: str) -> Path:
+        if backbone not in cache:
+            cache[backbone] = save_tiny_checkpoint(tmp_path_factory.mktemp(f"ckpt-{backbone}"), backbone)
+        return cache[backbone]
+
+    return make
+
+
+def run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """Run ``maskserve ARGS`` as a user would, in a child process."""
+    return subprocess.run(
+        [sys.executable, "-m", "maskserve.cli", *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+@pytest.fixture(scope="session")
+def bundle_factory(tmp_path_factory: pytest.TempPathFactory, checkpoint_factory):
+    """``make(backbone)`` -> a verified bundle, exported once per session through the CLI."""
+    from tests.checkpoints import THING_IDS
+
+    cache: dict[str, Path] = {}
+
+    def make(backbone: str) -> Path:
+        if backbone not in cache:
+            out = tmp_path_factory.mktemp(f"bundle-{backbone}") / "bundle"
+            result = run_cli(
+                "export",
+                "--model", str(checkpoint_factory(backbone)),
+                "--out", str(out),
+                "--thing-ids", *map(str, THING_IDS),
+                "--canvas", "128x192",
+                "--canvas", "192x128",
+            )  # fmt: skip
+            assert result.returncode == 0, result.stderr
+            cache[backbone] = out
+        return cache[backbone]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def swin_bundle(bundle_factory) -> Path:
+    return bundle_factory("swin")
+
+
+@pytest.fixture(scope="session")
+def resnet_bundle(bundle_factory) -> Path:
+    return bundle_factory("resnet")
