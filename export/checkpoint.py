@@ -27,7 +27,8 @@ class Checkpoint:
 
     @property
     def backbone(self) -> str:
-        return str(self.model.config.backbone_config.model_type)
+        config: Any = self.model.config
+        return str(config.backbone_config.model_type)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -53,15 +54,16 @@ def load_checkpoint(spec: str) -> Checkpoint:
     """Load config, weights and preprocessor settings; every failure is one ExportError line."""
     source = resolve_source(spec)
     try:
-        config = AutoConfig.from_pretrained(source)
+        config: Any = AutoConfig.from_pretrained(source)
     except Exception as exc:  # transformers raises many types; the user needs one line
         raise ExportError(f"cannot read the config of {spec}: {_first_line(exc)}") from exc
     if config.model_type != "maskformer":
         raise ExportError(f"{spec} holds a '{config.model_type}' model, not a MaskFormer checkpoint")
     try:
-        model, info = MaskFormerForInstanceSegmentation.from_pretrained(
+        loaded: Any = MaskFormerForInstanceSegmentation.from_pretrained(
             source, config=config, dtype=torch.float32, output_loading_info=True
         )
+        model, info = loaded
     except Exception as exc:
         raise ExportError(f"cannot load the weights of {spec}: {_first_line(exc)}") from exc
     problems = [key for kind in ("missing_keys", "mismatched_keys") for key in info.get(kind, [])]

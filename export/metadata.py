@@ -59,8 +59,10 @@ def canvas_from_preprocessor(preprocessor: dict[str, Any]) -> Canvas:
     elif isinstance(size, int | float):
         height = width = int(size)
     else:
-        warn(f"no image size in the checkpoint's {'preprocessor config' if preprocessor else 'files'}: "
-             f"using a {FALLBACK_CANVAS}x{FALLBACK_CANVAS} canvas")
+        warn(
+            f"no image size in the checkpoint's {'preprocessor config' if preprocessor else 'files'}: "
+            f"using a {FALLBACK_CANVAS}x{FALLBACK_CANVAS} canvas"
+        )
         height = width = FALLBACK_CANVAS
     return Canvas(height=_round_up(height), width=_round_up(width))
 

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, Literal
 
 import onnx
 import onnxruntime
@@ -86,15 +87,17 @@ def run_export(options: ExportOptions, log: Callable[[str], None] = print) -> Ma
 
     progress(f"loading checkpoint {options.model}")
     checkpoint = load_checkpoint(options.model)
-    config = checkpoint.model.config
+    config: Any = checkpoint.model.config
     labels = build_labels(config.id2label, options.thing_ids)
-    canvas = Canvas(height=options.size[0], width=options.size[1]) if options.size else canvas_from_preprocessor(
-        checkpoint.preprocessor
+    canvas = (
+        Canvas(height=options.size[0], width=options.size[1])
+        if options.size
+        else canvas_from_preprocessor(checkpoint.preprocessor)
     )
     canvases = [canvas, *(Canvas(height=h, width=w) for h, w in options.extra_canvases if (h, w) != canvas.hw)]
     has_stuff = any(not label.isthing for label in labels)
     default_task: Task = options.default_task or ("panoptic" if has_stuff else "semantic")
-    precision = "fp16" if options.fp16 else "fp32"
+    precision: Literal["fp32", "fp16"] = "fp16" if options.fp16 else "fp32"
 
     with staged_bundle(options.out, options.force) as staging:
         onnx_path = staging / MODEL_NAME

@@ -65,8 +65,15 @@ class Report:
         worst: dict[str, float] = {}
         for c in self.checks:
             key = f"{c.output}.{c.metric}"
-            worst[key] = min(worst.get(key, c.value), c.value) if c.higher_is_better else max(worst.get(key, c.value), c.value)
-        return {"passed": self.ok, "providers": self.providers, "worst": worst, "checks": [asdict(c) for c in self.checks]}
+            worst[key] = (
+                min(worst.get(key, c.value), c.value) if c.higher_is_better else max(worst.get(key, c.value), c.value)
+            )
+        return {
+            "passed": self.ok,
+            "providers": self.providers,
+            "worst": worst,
+            "checks": [asdict(c) for c in self.checks],
+        }
 
 
 def verification_canvases(canvas: Canvas) -> list[Canvas]:
@@ -104,7 +111,9 @@ def verify(
             inputs[3],
             size.hw,
         )
-        checks.extend(_compare_fused(case, got, {k: v.numpy() for k, v in reference.items()}, agreement_limit, score_limit))
+        checks.extend(
+            _compare_fused(case, got, {k: v.numpy() for k, v in reference.items()}, agreement_limit, score_limit)
+        )
         # End to end (PyTorch logits through the reference) is reported, not gated: with
         # random weights, near-tied queries make it flip on 1e-7 logit differences.
         e2e = reference_outputs(torch_class, torch_mask, inputs[1], inputs[2], inputs[3], size.hw)
@@ -119,7 +128,16 @@ def _compare_fused(
     checks = []
     for name in ("semantic_map", "panoptic_map"):
         checks.append(Check(case, name, "agreement", float((got[name] == ref[name]).mean()), agreement_limit, True))
-    checks.append(Check(case, "query_labels", "agreement", float((got["query_labels"] == ref["query_labels"]).mean()), agreement_limit, True))
+    checks.append(
+        Check(
+            case,
+            "query_labels",
+            "agreement",
+            float((got["query_labels"] == ref["query_labels"]).mean()),
+            agreement_limit,
+            True,
+        )
+    )
     error = float(np.abs(got["query_scores"] - ref["query_scores"]).max())
     checks.append(Check(case, "query_scores", "max_abs_error", error, score_limit, False))
     # Areas count pixels against thresholds; a probability within an ulp of the threshold

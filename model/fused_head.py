@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+
 class FusedMaskHead(nn.Module):
     """Mask step + semantic/panoptic/instance reductions for a batch of letterboxed images."""
 
@@ -25,7 +26,7 @@ class FusedMaskHead(nn.Module):
         image_sizes: Tensor,
         score_threshold: Tensor,
         mask_threshold: Tensor,
-        canvas_hw: tuple[int, int] | tuple[Tensor, Tensor],
+        canvas_hw: tuple[int, int],
     ) -> dict[str, Tensor]:
         """Run the fused head.
 
@@ -38,7 +39,7 @@ class FusedMaskHead(nn.Module):
             score_threshold: ``(B,)`` float32, panoptic query score threshold (``score >
                 t`` keeps a query, as in the paper and transformers).
             mask_threshold: ``(B,)`` float32, probability at which a mask pixel counts as on.
-            canvas_hw: ``(H, W)`` of the network input.
+            canvas_hw: ``(H, W)`` of the network input (symbolic ints while tracing).
 
         Returns:
             A dict of the graph outputs, see ``OUTPUTS`` in ``maskserve/bundle.py``.
@@ -54,12 +55,8 @@ class FusedMaskHead(nn.Module):
         semantic_map = semantic_reduction(class_probs, mask_probs, (height, width))
         semantic_map = torch.where(valid, semantic_map, torch.full_like(semantic_map, -1))
 
-        panoptic = panoptic_reduction(
-            class_probs, mask_probs, valid, score_threshold, mask_threshold, (height, width)
-        )
-        instance = instance_reduction(
-            class_probs, mask_logits, image_sizes, mask_threshold, num_queries
-        )
+        panoptic = panoptic_reduction(class_probs, mask_probs, valid, score_threshold, mask_threshold, (height, width))
+        instance = instance_reduction(class_probs, mask_logits, image_sizes, mask_threshold, num_queries)
         return {
             "class_logits": class_logits,
             "mask_logits": mask_logits,
@@ -69,7 +66,7 @@ class FusedMaskHead(nn.Module):
         }
 
 
-def _valid_region(image_sizes: Tensor, height: int | Tensor, width: int | Tensor) -> Tensor:
+def _valid_region(image_sizes: Tensor, height: int, width: int) -> Tensor:
     """``(B, H, W)`` bool: True inside each image's letterboxed extent."""
     device = image_sizes.device
     rows = torch.arange(height, device=device).view(1, -1, 1)
@@ -77,9 +74,7 @@ def _valid_region(image_sizes: Tensor, height: int | Tensor, width: int | Tensor
     return (rows < image_sizes[:, 0].view(-1, 1, 1)) & (cols < image_sizes[:, 1].view(-1, 1, 1))
 
 
-def semantic_reduction(
-    class_probs: Tensor, mask_probs: Tensor, canvas_hw: tuple[int, int] | tuple[Tensor, Tensor]
-) -> Tensor:
+def semantic_reduction(class_probs: Tensor, mask_probs: Tensor, canvas_hw: tuple[int, int]) -> Tensor:
     """``(B, H, W)`` int32 label map, in transformers' order.
 
     class-prob x mask-prob summed over queries at 1/4 resolution, bilinear upsample, argmax.
@@ -95,7 +90,7 @@ def panoptic_reduction(
     valid: Tensor,
     score_threshold: Tensor,
     mask_threshold: Tensor,
-    canvas_hw: tuple[int, int] | tuple[Tensor, Tensor],
+    canvas_hw: tuple[int, int],
 ) -> dict[str, Tensor]:
     """Winning-query map over the kept queries plus the per-query facts the host needs.
 

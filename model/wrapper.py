@@ -40,7 +40,7 @@ class ServingMaskFormer(nn.Module):
         outputs = self.body(pixel_values, return_dict=True)
         queries = outputs.transformer_decoder_last_hidden_state  # (B, Q, C)
         pixel_embeddings = outputs.pixel_decoder_last_hidden_state  # (B, C, H/4, W/4)
-        return self.head(
+        result: dict[str, Tensor] = self.head(
             class_logits=self.class_predictor(queries),
             mask_embeddings=self.mask_embedder(queries),
             pixel_embeddings=pixel_embeddings,
@@ -49,6 +49,7 @@ class ServingMaskFormer(nn.Module):
             mask_threshold=mask_threshold,
             canvas_hw=(pixel_values.shape[-2], pixel_values.shape[-1]),
         )
+        return result
 
 
 @torch.inference_mode()

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -66,7 +67,7 @@ class Segment:
 
 
 def postprocess(
-    outputs: dict[str, npt.NDArray[np.generic]],
+    outputs: dict[str, npt.NDArray[Any]],
     letterbox: Letterbox,
     params: TaskParams,
     isthing: npt.NDArray[np.bool_],
@@ -107,7 +108,9 @@ def resize_indices(source: int, valid: float, target: int) -> npt.NDArray[np.int
     return np.minimum(index, source - 1)
 
 
-def column_major_resized(label_map: npt.NDArray[np.integer], letterbox: Letterbox, scale: int = 1) -> npt.NDArray[np.integer]:
+def column_major_resized(
+    label_map: npt.NDArray[np.integer], letterbox: Letterbox, scale: int = 1
+) -> npt.NDArray[np.integer]:
     """Crop the letterbox padding and resize to the original size, raveled column-major.
 
     ``scale`` is the map's stride relative to the canvas (4 for 1/4-resolution masks).
@@ -122,11 +125,13 @@ def _semantic(label_map: npt.NDArray[np.int32], letterbox: Letterbox, isthing: n
     flat = column_major_resized(label_map, letterbox)
     present = np.flatnonzero(np.bincount(flat[flat >= 0], minlength=len(isthing)))
     masks = encode_label_map(flat, letterbox.original[0], present.tolist())
-    return [Segment(0, int(label), None, bool(isthing[label]), mask) for label, mask in zip(present, masks, strict=True)]
+    return [
+        Segment(0, int(label), None, bool(isthing[label]), mask) for label, mask in zip(present, masks, strict=True)
+    ]
 
 
 def _panoptic(
-    outputs: dict[str, npt.NDArray[np.generic]],
+    outputs: dict[str, npt.NDArray[Any]],
     letterbox: Letterbox,
     params: TaskParams,
     isthing: npt.NDArray[np.bool_],
@@ -178,7 +183,7 @@ def _panoptic(
 
 
 def _instance(
-    outputs: dict[str, npt.NDArray[np.generic]],
+    outputs: dict[str, npt.NDArray[Any]],
     letterbox: Letterbox,
     params: TaskParams,
     isthing: npt.NDArray[np.bool_],

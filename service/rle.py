@@ -62,7 +62,9 @@ def encode_mask(mask: npt.NDArray[np.bool_] | npt.NDArray[np.uint8]) -> EncodedM
     return encode_label_map(flat, height, [1])[0]
 
 
-def _binary_counts(run_starts: npt.NDArray[np.int64], run_ends: npt.NDArray[np.int64], total: int) -> npt.NDArray[np.uint32]:
+def _binary_counts(
+    run_starts: npt.NDArray[np.int64], run_ends: npt.NDArray[np.int64], total: int
+) -> npt.NDArray[np.uint32]:
     """Alternating 0/1 run lengths for the on-runs ``[start, end)`` of a mask of ``total`` pixels."""
     if run_starts.size == 0:
         return np.array([total], dtype=np.uint32)
@@ -78,6 +80,8 @@ def _binary_counts(run_starts: npt.NDArray[np.int64], run_ends: npt.NDArray[np.i
 
 def _encode_counts(counts: npt.NDArray[np.uint32], height: int, width: int) -> EncodedMask:
     rle = coco_mask.frPyObjects([{"size": [height, width], "counts": counts}], height, width)[0]
-    x, y, w, h = (int(round(v)) for v in coco_mask.toBbox(rle))
+    x, y, w, h = (round(v) for v in coco_mask.toBbox(rle))
     area = int(counts[1::2].sum())
-    return EncodedMask(rle={"size": [height, width], "counts": rle["counts"].decode("ascii")}, area=area, bbox=(x, y, w, h))
+    return EncodedMask(
+        rle={"size": [height, width], "counts": rle["counts"].decode("ascii")}, area=area, bbox=(x, y, w, h)
+    )

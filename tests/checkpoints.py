@@ -48,20 +48,23 @@ def tiny_config(backbone: str, num_queries: int = 10, labels: dict[int, str] = L
 
 
 def tiny_model(backbone: str, seed: int = 0, num_queries: int = 10) -> MaskFormerForInstanceSegmentation:
-    """A random model whose queries differ and whose class scores are decisive.
+    """A random model whose queries differ, like a trained model's.
 
-    With the default init every query embedding is near-identical (std 0.02), so every query
-    predicts the same thing and argmaxes tie; std 1.0 queries and a sharper class predictor
-    give outputs with distinct segments, like a trained model's.
+    With the default init every query gets the same decoder output (query embeddings of std
+    0.02 and near-uniform cross-attention), so all masks and scores tie. Wide query
+    embeddings, sharp cross-attention, and larger class and mask logits give distinct
+    segments with decisive scores.
     """
     torch.manual_seed(seed)
     model = MaskFormerForInstanceSegmentation(tiny_config(backbone, num_queries)).eval()
     with torch.no_grad():
         model.model.transformer_module.queries_embedder.weight.normal_(0.0, 1.0)
-        model.class_predictor.weight.mul_(8.0)
-        for layer in model.mask_embedder.modules():
-            if isinstance(layer, torch.nn.Linear):
-                layer.weight.mul_(2.0)
+        for layer in model.model.transformer_module.decoder.layers:
+            layer.encoder_attn.q_proj.weight.mul_(20.0)
+            layer.encoder_attn.k_proj.weight.mul_(20.0)
+        model.class_predictor.weight.mul_(4.0)
+        linears = [m for m in model.mask_embedder.modules() if isinstance(m, torch.nn.Linear)]
+        linears[-1].weight.mul_(8.0)
     return model
 
 

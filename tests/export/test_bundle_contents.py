@@ -34,10 +34,16 @@ def test_manifest(bundle_factory, backbone: str) -> None:
 
 @pytest.mark.parametrize("backbone", ["swin", "resnet"])
 def test_plain_onnxruntime_runs_it_at_several_shapes(bundle_factory, backbone: str) -> None:
-    session = ort.InferenceSession(str(Bundle.load(bundle_factory(backbone)).model_path), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        str(Bundle.load(bundle_factory(backbone)).model_path), providers=["CPUExecutionProvider"]
+    )
     assert [i.name for i in session.get_inputs()] == list(INPUTS)
     assert [o.name for o in session.get_outputs()] == list(OUTPUTS)
-    for batch, canvas in [(1, Canvas(height=128, width=128)), (3, Canvas(height=64, width=224)), (8, Canvas(height=32, width=32))]:
+    for batch, canvas in [
+        (1, Canvas(height=128, width=128)),
+        (3, Canvas(height=64, width=224)),
+        (8, Canvas(height=32, width=32)),
+    ]:
         feeds = {name: t.numpy() for name, t in zip(INPUTS, sample_inputs(batch, canvas), strict=True)}
         out = dict(zip(OUTPUTS, session.run(None, feeds), strict=True))
         assert out["semantic_map"].shape == (batch, canvas.height, canvas.width)

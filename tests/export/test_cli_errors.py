@@ -29,7 +29,9 @@ def test_nonexistent_path(tmp_path: Path) -> None:
 def test_directory_without_config(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     out = tmp_path / "b"
-    _assert_clean_failure(run_cli("export", "--model", str(tmp_path / "empty"), "--out", str(out)), out, "no config.json")
+    _assert_clean_failure(
+        run_cli("export", "--model", str(tmp_path / "empty"), "--out", str(out)), out, "no config.json"
+    )
 
 
 def test_non_maskformer_config(tmp_path: Path) -> None:

@@ -71,6 +71,13 @@ def test_panoptic_map_encodes_below_threshold_winners_and_padding() -> None:
 def test_no_kept_query_gives_empty_map() -> None:
     class_logits = torch.tensor([[[-5.0, 5.0]] * 3])  # every query is no-object
     with torch.inference_mode():
-        out = _fused(class_logits, torch.zeros(1, 3, 8, 8), torch.tensor([[32, 32]]), torch.tensor([0.0]), torch.tensor([0.5]), (32, 32))
+        out = _fused(
+            class_logits,
+            torch.zeros(1, 3, 8, 8),
+            torch.tensor([[32, 32]]),
+            torch.tensor([0.0]),
+            torch.tensor([0.5]),
+            (32, 32),
+        )
     assert (out["panoptic_map"] == -1).all()
     assert (out["panoptic_areas"][..., :2] == 0).all()

@@ -1,0 +1,170 @@
+"""Every server setting, in one object. Each is also an env var: ``MASKSERVE_<NAME>``.
+
+Built explicitly (``Settings()`` reads the environment, ``Settings(**overrides)`` for tests)
+and passed to ``create_app``; nothing is read at import time.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from maskserve.bundle import CANVAS_MULTIPLE
+
+DEFAULT_BUNDLE = Path(__file__).resolve().parent.parent / "maskserve" / "assets" / "shapes"
+
+
+def _default_workers() -> int:
+    return max(2, min(8, os.cpu_count() or 2))
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MASKSERVE_", extra="forbid", validate_default=True)
+
+    # --- model -------------------------------------------------------------------------------
+    bundle: Path = Field(
+        DEFAULT_BUNDLE,
+        description="Bundle directory to serve. Default: the embedded demo model (circles, squares, "
+        "triangles, sky, ground). Point it at your own `maskserve export` output.",
+    )
+    backend: Literal["auto", "onnxruntime", "tensorrt"] = Field(
+        "auto",
+        description="Runtime. `auto` picks native TensorRT when its engine and a GPU are present, else "
+        "ONNX Runtime. Pin it to make a deployment fail loudly instead of falling back.",
+    )
+    provider: Literal["auto", "tensorrt", "cuda", "cpu"] = Field(
+        "auto",
+        description="ONNX Runtime execution provider. `auto` tries TensorRT EP, then CUDA EP, then CPU. "
+        "Pin `cpu` on GPU machines shared with other jobs, or `cuda` to skip TensorRT engine builds.",
+    )
+    intra_op_threads: int = Field(
+        0,
+        ge=0,
+        le=256,
+        description="ONNX Runtime threads inside one operator (0: one per physical core). Lower it when "
+        "several replicas share a host, so they do not oversubscribe the cores.",
+    )
+    engine_cache: Path | None = Field(
+        None,
+        description="Directory for TensorRT engines and timing caches (TensorRT backend and EP). Mount a "
+        "volume here so restarts reuse engines instead of rebuilding them for minutes.",
+    )
+    panoptic_rule: Literal["paper", "transformers"] = Field(
+        "paper",
+        description="Panoptic merging rule. `paper` follows the MaskFormer reference implementation; "
+        "`transformers` reproduces MaskFormerImageProcessor.post_process_panoptic_segmentation for "
+        "users migrating from it (see docs/postprocessing.md).",
+    )
+
+    # --- batching ----------------------------------------------------------------------------
+    max_batch_size: int = Field(
+        4,
+        ge=1,
+        le=256,
+        description="Most images per model call (capped by the bundle's max batch). Raise it on GPUs, "
+        "where a batch of 8-32 costs little more than one image; keep it low on CPUs.",
+    )
+    max_delay_ms: float = Field(
+        5.0,
+        ge=0,
+        le=10_000,
+        description="How long the oldest queued image may wait for others to join its batch. Higher "
+        "trades latency for throughput under load; 0 runs whatever is queued at once.",
+    )
+    max_queue: int = Field(
+        64,
+        ge=1,
+        le=100_000,
+        description="Images that may wait for the model. Beyond it requests get 503 with Retry-After at "
+        "once, instead of queueing past their deadline. Size it to what you can serve within the "
+        "request timeout.",
+    )
+    request_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="Deadline per request, from arrival. A request still queued past it gets 504 and is "
+        "dropped before inference. Set it just under your client or load-balancer timeout.",
+    )
+    canvases: list[str] | None = Field(
+        None,
+        description="Canvas shapes to letterbox into, e.g. `512x512,512x704,704x512` (multiples of 32). "
+        "Each image goes to the one that wastes the fewest pixels. Default: the bundle's canvases.",
+    )
+    workers: int = Field(
+        default_factory=_default_workers,
+        ge=1,
+        le=64,
+        description="Threads for decoding, preprocessing, post-processing and RLE, off the event loop.",
+    )
+
+    # --- limits ------------------------------------------------------------------------------
+    max_body_bytes: int = Field(
+        20 * 1024 * 1024,
+        ge=1024,
+        description="Largest accepted request body (413 beyond). Raise it for large TIFFs.",
+    )
+    max_image_pixels: int = Field(
+        40_000_000,
+        ge=1,
+        description="Largest accepted image, in pixels, checked from the header before decoding (413 "
+        "beyond): the guard against decompression bombs.",
+    )
+
+    # --- server ------------------------------------------------------------------------------
+    host: str = Field("127.0.0.1", description="Interface to bind. Use 0.0.0.0 in containers.")
+    port: int = Field(8000, ge=1, le=65535, description="HTTP port for the API, probes and /metrics.")
+    drain_timeout_s: float = Field(
+        20.0,
+        ge=0,
+        le=3600,
+        description="On SIGTERM, how long queued and in-flight requests may take to finish before exit. "
+        "Keep it below the orchestrator's grace period (Kubernetes terminationGracePeriodSeconds).",
+    )
+    warmup: bool = Field(
+        True,
+        description="Run every (batch size, canvas) shape once at start-up, before /readyz turns 200, so "
+        "the first requests do not pay for allocation or engine builds.",
+    )
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = Field("info")
+
+    @field_validator("canvases", mode="before")
+    @classmethod
+    def _split_canvases(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("canvases")
+    @classmethod
+    def _check_canvases(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        if not value:
+            raise ValueError("canvases must not be empty")
+        for text in value:
+            parse_canvas(text)
+        return value
+
+    @model_validator(mode="after")
+    def _check_bundle(self) -> Settings:
+        if not self.bundle.is_dir():
+            raise ValueError(f"bundle directory not found: {self.bundle}")
+        return self
+
+    def canvas_shapes(self) -> list[tuple[int, int]] | None:
+        return [parse_canvas(text) for text in self.canvases] if self.canvases else None
+
+
+def parse_canvas(text: str) -> tuple[int, int]:
+    parts = text.lower().split("x")
+    if len(parts) != 2 or not all(p.isdigit() for p in parts):
+        raise ValueError(f"canvas {text!r} is not of the form HxW")
+    height, width = int(parts[0]), int(parts[1])
+    if not (height > 0 and width > 0 and height % CANVAS_MULTIPLE == 0 and width % CANVAS_MULTIPLE == 0):
+        raise ValueError(f"canvas {text!r}: both sides must be positive multiples of {CANVAS_MULTIPLE}")
+    return height, width
