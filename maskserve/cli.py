@@ -10,6 +10,7 @@ from collections.abc import Sequence
 # subcommand -> (module with add_arguments/main, help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("export.cli", "turn a MaskFormer checkpoint into a verified ONNX bundle"),
+    "serve": ("service.cli", "serve a bundle over HTTP"),
 }
 
 

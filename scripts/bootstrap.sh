@@ -31,6 +31,7 @@ case "$profile" in
     log "installing maskserve with the export and dev extras"
     "${pip[@]}" -e ".[export,dev]"
     scripts/install-system-deps.sh
+    scripts/install-tools.sh
     ;;
   *)
     log "unknown profile '$profile' (expected serve or test)"

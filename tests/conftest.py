@@ -71,3 +71,12 @@ def swin_bundle(bundle_factory) -> Path:
 @pytest.fixture(scope="session")
 def resnet_bundle(bundle_factory) -> Path:
     return bundle_factory("resnet")
+
+
+@pytest.fixture(scope="session")
+def demo_bundle_dir() -> Path:
+    """The embedded demo bundle that ``maskserve serve`` serves by default."""
+    from service.settings import DEFAULT_BUNDLE
+
+    assert (DEFAULT_BUNDLE / "bundle.json").is_file(), f"the demo bundle is missing from {DEFAULT_BUNDLE}"
+    return DEFAULT_BUNDLE

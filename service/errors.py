@@ -1,0 +1,133 @@
+"""Domain errors and the one table that maps them to HTTP statuses.
+
+Every error response has the same body: ``{"error": {"type": ..., "message": ...}}``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger("maskserve")
+
+
+class ServiceError(Exception):
+    """Base of every error a client can cause or be told about."""
+
+    def __init__(self, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.headers = headers or {}
+
+
+class EmptyBody(ServiceError):
+    """No image bytes at all."""
+
+
+class InvalidImage(ServiceError):
+    """Bytes that claim to be an image but do not decode (corrupt, truncated, not an image)."""
+
+
+class UnsupportedMediaType(ServiceError):
+    """A content type or image format the server does not take."""
+
+
+class PayloadTooLarge(ServiceError):
+    """The request body exceeds the byte limit."""
+
+
+class ImageTooLarge(ServiceError):
+    """The image header declares more pixels than the limit (decompression-bomb guard)."""
+
+
+class InvalidRequest(ServiceError):
+    """Well-formed HTTP, but a field or parameter is missing or out of range."""
+
+
+class QueueFull(ServiceError):
+    """Overloaded: the batch queue is full. Comes with Retry-After."""
+
+
+class Draining(ServiceError):
+    """Shutting down: no new work is accepted."""
+
+
+class NotReady(ServiceError):
+    """The model is still loading or warming up."""
+
+
+class DeadlineExceeded(ServiceError):
+    """The request's deadline passed before its batch ran."""
+
+
+class InferenceFailed(ServiceError):
+    """The model call for this request's batch raised."""
+
+
+# (status, error type in the body, metrics rejection reason or None)
+ERROR_TABLE: dict[type[ServiceError], tuple[int, str, str | None]] = {
+    EmptyBody: (400, "empty_body", "payload"),
+    InvalidImage: (400, "invalid_image", "bad_image"),
+    InvalidRequest: (422, "invalid_request", "payload"),
+    UnsupportedMediaType: (415, "unsupported_media_type", "payload"),
+    PayloadTooLarge: (413, "payload_too_large", "payload"),
+    ImageTooLarge: (413, "image_too_large", "bad_image"),
+    QueueFull: (503, "overloaded", "queue_full"),
+    Draining: (503, "draining", "draining"),
+    NotReady: (503, "not_ready", None),
+    DeadlineExceeded: (504, "deadline_exceeded", "deadline"),
+    InferenceFailed: (500, "inference_failed", None),
+}
+
+
+def classify(error: ServiceError) -> tuple[int, str, str | None]:
+    for cls in type(error).__mro__:
+        if cls in ERROR_TABLE:
+            return ERROR_TABLE[cls]  # type: ignore[index]
+    return 500, "internal_error", None
+
+
+def error_body(error_type: str, message: str) -> dict[str, Any]:
+    return {"error": {"type": error_type, "message": message}}
+
+
+def error_response(error: ServiceError) -> JSONResponse:
+    status, error_type, _ = classify(error)
+    return JSONResponse(error_body(error_type, error.message), status_code=status, headers=error.headers)
+
+
+def install_handlers(app: FastAPI) -> None:
+    """Give framework errors (404, 405, query validation, anything unexpected) the same shape."""
+
+    async def service_error(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, ServiceError)
+        return error_response(exc)
+
+    async def http_error(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        error_type = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return JSONResponse(
+            error_body(error_type, str(exc.detail)), status_code=exc.status_code, headers=getattr(exc, "headers", None)
+        )
+
+    async def validation_error(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        problems = []
+        for item in exc.errors():
+            where = ".".join(str(part) for part in item.get("loc", ()) if part not in ("query", "body"))
+            problems.append(f"{where}: {item.get('msg', 'invalid')}")
+        return JSONResponse(error_body("invalid_request", "; ".join(problems)), status_code=422)
+
+    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error", exc_info=exc)
+        return JSONResponse(error_body("internal_error", "internal server error"), status_code=500)
+
+    app.add_exception_handler(ServiceError, service_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(Exception, unexpected)

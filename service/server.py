@@ -1,0 +1,82 @@
+"""Run the app under uvicorn with a graceful drain on SIGTERM/SIGINT.
+
+First signal: readiness turns 503 and new segment requests get 503 at once, while queued and
+in-flight requests finish (up to ``drain_timeout_s``); then uvicorn closes the listeners and
+the process exits 0. A second signal exits at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+from collections.abc import Coroutine
+from types import FrameType
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI
+
+from service.runtime import Runtime, State
+
+log = logging.getLogger("maskserve")
+
+
+class DrainingServer(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, runtime: Runtime) -> None:
+        super().__init__(config)
+        self.runtime = runtime
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._draining = False
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._spawn(self._exit_if_load_fails())
+        await super().serve(sockets)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        # Unlike uvicorn's own handler this does not re-raise the signal after shutdown, so a
+        # drained server exits 0 (Kubernetes counts anything else as a crash).
+        if self._draining or self._loop is None:
+            self.force_exit = True
+            self.should_exit = True
+            return
+        self._draining = True
+        log.info("%s: draining (up to %.0f s)", signal.Signals(sig).name, self.runtime.settings.drain_timeout_s)
+        self._loop.call_soon_threadsafe(self._spawn, self._drain_then_exit())
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        assert self._loop is not None
+        task = self._loop.create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _drain_then_exit(self) -> None:
+        drained = await self.runtime.drain(self.runtime.settings.drain_timeout_s)
+        log.info("drained" if drained else "drain timed out; exiting anyway")
+        self.should_exit = True
+
+    async def _exit_if_load_fails(self) -> None:
+        while self.runtime.state is State.LOADING and not self.should_exit:
+            await asyncio.sleep(0.05)
+        if self.runtime.state is State.FAILED:
+            self.should_exit = True
+
+
+def run(app: FastAPI, runtime: Runtime) -> int:
+    """Serve until drained; returns the process exit code (1 when the model failed to load)."""
+    settings = runtime.settings
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        lifespan="on",
+        timeout_graceful_shutdown=5,
+        timeout_keep_alive=5,
+        server_header=False,
+    )
+    DrainingServer(config, runtime).run()
+    return 1 if runtime.state is State.FAILED else 0

@@ -1,0 +1,85 @@
+"""Real servers for tests: uvicorn on a loopback port, in a thread or in a child process."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import uvicorn
+
+from service.app import create_app
+from service.runtime import Runtime
+from service.settings import Settings
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_ready(base_url: str, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{base_url}/readyz", timeout=2).status_code == 200:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"{base_url} did not become ready in {timeout} s")
+
+
+@contextlib.contextmanager
+def running_server(bundle: Path, **overrides: object) -> Iterator[tuple[str, Runtime]]:
+    """``create_app`` under a real uvicorn in a background thread (signals stay with pytest)."""
+    port = free_port()
+    settings = Settings(bundle=bundle, host="127.0.0.1", port=port, **overrides)  # type: ignore[arg-type]
+    app = create_app(settings)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(base_url)
+        yield base_url, app.state.runtime
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+@contextlib.contextmanager
+def server_process(bundle: Path, env: dict[str, str] | None = None) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    """``maskserve serve`` in a child process, as an operator runs it."""
+    port = free_port()
+    child_env = {**os.environ, **(env or {}), "MASKSERVE_PORT": str(port), "MASKSERVE_HOST": "127.0.0.1"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "maskserve.cli", "serve", "--bundle", str(bundle)],
+        env=child_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(base_url)
+        yield base_url, process
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(timeout=30)
+
+
+def metric(base_url: str, name: str, labels: str = "") -> float:
+    """One sample's value from /metrics (0 when absent)."""
+    wanted = f"{name}{{{labels}}}" if labels else name
+    for line in httpx.get(f"{base_url}/metrics").text.splitlines():
+        if line.startswith(wanted + " "):
+            return float(line.split()[-1])
+    return 0.0

@@ -1,0 +1,139 @@
+"""The batcher on the real ONNX Runtime backend: collation, windows, canvases, failures."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from maskserve.bundle import TASK_OUTPUTS, Bundle
+from service.backends import OnnxRuntimeBackend
+from service.batcher import Batcher, Job
+from service.errors import DeadlineExceeded, InferenceFailed, QueueFull
+from service.metrics import Metrics
+
+
+class RecordingBackend:
+    """The real backend, recording each call's batch size; optionally failing on a marker.
+
+    The batcher is what these tests exercise; the backend stays real, with two test hooks:
+    a batch holding an image of height ``fail_height`` raises, and ``wrong_size`` returns one
+    result too few, to check the results-count guard.
+    """
+
+    def __init__(self, inner: OnnxRuntimeBackend, fail_height: int | None = None, wrong_size: bool = False) -> None:
+        self.inner, self.fail_height, self.wrong_size = inner, fail_height, wrong_size
+        self.name, self.provider, self.max_batch = inner.name, inner.provider, inner.max_batch
+        self.calls: list[int] = []
+
+    def run(self, feeds: Mapping[str, np.ndarray], outputs: Sequence[str]) -> dict[str, np.ndarray]:
+        self.calls.append(len(feeds["pixel_values"]))
+        if self.fail_height is not None and (feeds["image_sizes"][:, 0] == self.fail_height).any():
+            raise RuntimeError("injected failure")
+        result = self.inner.run(feeds, outputs)
+        return {k: v[:-1] for k, v in result.items()} if self.wrong_size else result
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+@pytest.fixture(scope="module")
+def backend(swin_bundle: Path) -> OnnxRuntimeBackend:
+    return OnnxRuntimeBackend(Bundle.load(swin_bundle).model_path, max_batch=8)
+
+
+def _job(canvas: tuple[int, int] = (128, 128), height: int = 100, deadline_s: float = 30.0) -> Job:
+    return Job(
+        pixels=np.zeros((3, *canvas), np.float32),
+        image_size=(height, canvas[1]),
+        score_threshold=0.5,
+        mask_threshold=0.5,
+        outputs=TASK_OUTPUTS["semantic"],
+        deadline=time.monotonic() + deadline_s,
+    )
+
+
+async def _run(backend: Any, jobs_spec: list[tuple[float, Job]], **kwargs: Any) -> list[Any]:
+    """Submit jobs at the given offsets (s) and gather their results or exceptions."""
+    batcher = Batcher(backend, metrics=Metrics(), **{"max_batch": 4, "max_delay_s": 0.05, "max_queue": 64, **kwargs})
+    batcher.start()
+    futures = []
+    start = time.monotonic()
+    for offset, job in jobs_spec:
+        await asyncio.sleep(max(0.0, start + offset - time.monotonic()))
+        futures.append(batcher.submit(job))
+    results = await asyncio.gather(*futures, return_exceptions=True)
+    await batcher.close()
+    return results
+
+
+@pytest.mark.parametrize(
+    ("count", "max_batch", "expected"), [(1, 4, [1]), (4, 4, [4]), (10, 4, [4, 4, 2]), (5, 1, [1] * 5)]
+)
+def test_collates_up_to_max_batch(backend: OnnxRuntimeBackend, count: int, max_batch: int, expected: list[int]) -> None:
+    recording = RecordingBackend(backend)
+
+    async def scenario() -> list[Any]:
+        return await _run(recording, [(0.0, _job()) for _ in range(count)], max_batch=max_batch, max_delay_s=0.2)
+
+    results = asyncio.run(scenario())
+    assert recording.calls == expected
+    assert all(r.outputs["semantic_map"].shape == (128, 128) for r in results)
+    assert [r.batch_size for r in results] == [size for size in expected for _ in range(size)]
+
+
+def test_window_is_anchored_at_the_oldest_job(backend: OnnxRuntimeBackend) -> None:
+    recording = RecordingBackend(backend)
+    # 0.0 and 0.1 share the window of the job at 0.0 (0.25 s); 0.4 arrives after it closed.
+    spec = [(0.0, _job()), (0.1, _job()), (0.4, _job())]
+    asyncio.run(_run(recording, spec, max_delay_s=0.25))
+    assert recording.calls == [2, 1]
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.01])
+def test_a_batch_holds_one_canvas(backend: OnnxRuntimeBackend, delay: float) -> None:
+    recording = RecordingBackend(backend)
+    spec = [(0.0, _job((128, 128))), (0.0, _job((128, 192))), (0.0, _job((128, 128))), (0.0, _job((128, 192)))]
+    results = asyncio.run(_run(recording, spec, max_delay_s=delay + 0.1))
+    assert sorted(recording.calls) == [2, 2]
+    assert [r.outputs["semantic_map"].shape for r in results] == [(128, 128), (128, 192)] * 2
+
+
+def test_failure_reaches_only_its_batch(backend: OnnxRuntimeBackend) -> None:
+    recording = RecordingBackend(backend, fail_height=77)
+    spec = [(0.0, _job(height=77)), (0.0, _job()), (0.3, _job()), (0.3, _job())]
+    results = asyncio.run(_run(recording, spec, max_batch=2, max_delay_s=0.1))
+    assert [type(r).__name__ for r in results] == ["InferenceFailed", "InferenceFailed", "JobResult", "JobResult"]
+
+
+def test_result_count_mismatch_fails_the_batch(backend: OnnxRuntimeBackend) -> None:
+    results = asyncio.run(_run(RecordingBackend(backend, wrong_size=True), [(0.0, _job()), (0.0, _job())]))
+    assert all(isinstance(r, InferenceFailed) and "wrong batch size" in r.message for r in results)
+
+
+def test_queue_full_and_cancel_and_deadline(backend: OnnxRuntimeBackend) -> None:
+    async def scenario() -> None:
+        metrics = Metrics()
+        batcher = Batcher(RecordingBackend(backend), max_batch=1, max_delay_s=10, max_queue=2, metrics=metrics)
+        kept, dropped = _job(), _job()
+        batcher.submit(kept)
+        batcher.submit(dropped)
+        with pytest.raises(QueueFull) as full:
+            batcher.submit(_job())
+        assert int(full.value.headers["Retry-After"]) >= 1
+        batcher.cancel(dropped)
+        assert batcher.depth == 1 and dropped.future.cancelled()
+        expired = _job(deadline_s=-1)
+        batcher.submit(expired)
+        batcher.start()
+        assert (await kept.future).batch_size == 1
+        with pytest.raises(DeadlineExceeded):
+            await expired.future
+        await batcher.close()
+
+    asyncio.run(scenario())
