@@ -130,7 +130,9 @@ class Settings(BaseSettings):
         description="Run every (batch size, canvas) shape once at start-up, before /readyz turns 200, so "
         "the first requests do not pay for allocation or engine builds.",
     )
-    log_level: Literal["critical", "error", "warning", "info", "debug"] = Field("info")
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
+        "info", description="Server log level; `debug` also logs every batch the batcher forms."
+    )
 
     @field_validator("canvases", mode="before")
     @classmethod

@@ -1,0 +1,52 @@
+"""Settings: env vars, bounds, and the CLI's one-line errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from service.settings import Settings
+from tests.conftest import run_cli
+
+
+def test_every_field_is_an_env_var_and_documented(monkeypatch: pytest.MonkeyPatch, swin_bundle: Path) -> None:
+    monkeypatch.setenv("MASKSERVE_BUNDLE", str(swin_bundle))
+    monkeypatch.setenv("MASKSERVE_MAX_BATCH_SIZE", "3")
+    monkeypatch.setenv("MASKSERVE_CANVASES", "128x128, 128x192")
+    settings = Settings()
+    assert settings.bundle == swin_bundle and settings.max_batch_size == 3
+    assert settings.canvas_shapes() == [(128, 128), (128, 192)]
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    for name, field in Settings.model_fields.items():
+        assert field.description, f"{name} has no description"
+        assert f"MASKSERVE_{name.upper()}" in readme, f"MASKSERVE_{name.upper()} is not in the README"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "needle"),
+    [
+        ({"max_batch_size": 0}, "max_batch_size"),
+        ({"max_delay_ms": -1}, "max_delay_ms"),
+        ({"canvases": "100x128"}, "multiples of 32"),
+        ({"canvases": "big"}, "HxW"),
+        ({"port": 70000}, "port"),
+        ({"provider": "rocm"}, "provider"),
+        ({"bundle": "/nonexistent"}, "not found"),
+    ],
+)
+def test_bounds_are_validated(swin_bundle: Path, overrides: dict, needle: str) -> None:
+    with pytest.raises(ValidationError, match=needle):
+        Settings(**{"bundle": swin_bundle, **overrides})
+
+
+def test_serve_cli_errors_are_one_line(tmp_path: Path, swin_bundle: Path) -> None:
+    result = run_cli("serve", "--bundle", str(tmp_path / "missing"), timeout=60)
+    assert result.returncode == 2 and result.stderr.strip().startswith("error:")
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "bundle.json").write_text("{}")
+    (tmp_path / "junk" / "model.onnx").write_bytes(b"")
+    result = run_cli("serve", "--bundle", str(tmp_path / "junk"), timeout=60)
+    assert result.returncode == 2 and "invalid" in result.stderr and len(result.stderr.strip().splitlines()) == 1

@@ -1,0 +1,17 @@
+"""The serving side never imports torch or transformers (the serving image has neither)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+
+def test_service_imports_no_torch() -> None:
+    code = (
+        "import sys, service.app, service.cli, service.backends, maskserve.cli, maskserve.bundle;"
+        "maskserve.cli.build_parser();"
+        "bad = [m for m in ('torch', 'transformers', 'onnx', 'scipy') if m in sys.modules];"
+        "assert not bad, bad"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
