@@ -11,6 +11,7 @@ from collections.abc import Sequence
 COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("export.cli", "turn a MaskFormer checkpoint into a verified ONNX bundle"),
     "serve": ("service.cli", "serve a bundle over HTTP"),
+    "build-engine": ("service.engine_cli", "build, verify and cache a TensorRT engine for a bundle"),
 }
 
 

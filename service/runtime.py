@@ -63,8 +63,9 @@ class Runtime:
         """Create the backend and warm it up off the event loop, then start batching."""
         started = time.perf_counter()
         try:
-            backend = await asyncio.to_thread(load_backend, self.settings, self.bundle)
+            backend = await asyncio.to_thread(load_backend, self.settings, self.bundle, self.canvases, self.max_batch)
             self.backend = backend
+            self.max_batch = min(self.max_batch, backend.max_batch)  # an engine profile may be smaller
             if self.settings.warmup:
                 await asyncio.to_thread(self._warm_up, backend)
         except Exception as exc:

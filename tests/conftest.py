@@ -10,11 +10,25 @@ from pathlib import Path
 import pytest
 
 
+def _gpu_ready() -> str | None:
+    """None when TensorRT and a CUDA GPU are usable here, else why not."""
+    from service.backends import tensorrt_installed, visible_gpus
+
+    if not tensorrt_installed():
+        return "tensorrt and cuda-python are not installed"
+    if visible_gpus() == 0:
+        return "no CUDA GPU is visible"
+    return None
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     run_slow = os.environ.get("MASKSERVE_SLOW") == "1"
+    gpu_missing = _gpu_ready() if any("gpu" in item.keywords for item in items) else None
     for item in items:
         if "slow" in item.keywords and not run_slow:
             item.add_marker(pytest.mark.skip(reason="slow: set MASKSERVE_SLOW=1 to run"))
+        if "gpu" in item.keywords and gpu_missing:
+            item.add_marker(pytest.mark.skip(reason=f"gpu: {gpu_missing}"))
 
 
 @pytest.fixture(scope="session")

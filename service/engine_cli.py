@@ -1,0 +1,68 @@
+"""``maskserve build-engine``: build, verify and cache a TensorRT engine for a bundle."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--bundle", type=Path, required=True, help="bundle directory")
+    parser.add_argument("--fp16", action="store_true", help="FP16 engine (norms and softmaxes stay FP32)")
+    parser.add_argument(
+        "--batch", nargs=3, type=int, metavar=("MIN", "OPT", "MAX"),
+        help="batch range of every optimization profile (default: 1, max/2, the bundle's max batch)",
+    )  # fmt: skip
+    parser.add_argument("--workspace", type=float, default=4.0, metavar="GB", help="builder workspace (default 4)")
+    parser.add_argument(
+        "--canvas", action="append", default=[], metavar="HxW",
+        help="canvas to build a profile for (repeatable; default: the bundle's canvases)",
+    )  # fmt: skip
+    parser.add_argument("--out", type=Path, help="engine cache directory (default: BUNDLE/engines)")
+    parser.add_argument("--no-verify", dest="verify", action="store_false", help="skip the check against ONNX Runtime")
+    parser.add_argument("--force", action="store_true", help="rebuild even when a fresh engine is cached")
+
+
+def main(args: argparse.Namespace) -> int:
+    from maskserve.bundle import Bundle, BundleError
+    from service.backends import BackendError, choose_backend, tensorrt_installed, visible_gpus
+    from service.backends.engine import default_batch_range
+    from service.settings import parse_canvas
+
+    logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        bundle = Bundle.load(args.bundle)
+        canvases = [parse_canvas(text) for text in args.canvas] or [c.hw for c in bundle.manifest.canvases]
+        batch = tuple(args.batch) if args.batch else default_batch_range(bundle.manifest.max_batch)
+        if batch[2] > bundle.manifest.max_batch:
+            raise ValueError(f"--batch max {batch[2]} exceeds the bundle's max batch {bundle.manifest.max_batch}")
+        installed = tensorrt_installed()
+        choose_backend("tensorrt", installed, visible_gpus() if installed else 0)
+    except (BundleError, BackendError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+    from service.backends.engine_store import EngineRequest, ensure_engine
+
+    try:
+        path, manifest = ensure_engine(
+            EngineRequest(
+                bundle=bundle,
+                cache_dir=args.out or bundle.directory / "engines",
+                precision="fp16" if args.fp16 else "fp32",
+                canvases=canvases,
+                batch=batch,  # type: ignore[arg-type]
+                workspace_gb=args.workspace,
+                verify=args.verify,
+                force=args.force,
+            )
+        )
+    except BackendError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"engine: {path}")
+    print(json.dumps({"key": manifest.key.slug(), "verification": manifest.verification}, indent=2))
+    return 0
