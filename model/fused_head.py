@@ -55,7 +55,9 @@ class FusedMaskHead(nn.Module):
         semantic_map = semantic_reduction(class_probs, mask_probs, (height, width))
         semantic_map = torch.where(valid, semantic_map, torch.full_like(semantic_map, -1))
 
-        panoptic = panoptic_reduction(class_probs, mask_probs, valid, score_threshold, mask_threshold, (height, width))
+        panoptic = panoptic_reduction(
+            class_probs, mask_probs, image_sizes, score_threshold, mask_threshold, (height, width)
+        )
         instance = instance_reduction(class_probs, mask_logits, image_sizes, mask_threshold, num_queries)
         return {
             "class_logits": class_logits,
@@ -87,7 +89,7 @@ def semantic_reduction(class_probs: Tensor, mask_probs: Tensor, canvas_hw: tuple
 def panoptic_reduction(
     class_probs: Tensor,
     mask_probs: Tensor,
-    valid: Tensor,
+    image_sizes: Tensor,
     score_threshold: Tensor,
     mask_threshold: Tensor,
     canvas_hw: tuple[int, int],
@@ -100,46 +102,62 @@ def panoptic_reduction(
         where it wins but is below the threshold, ``-1`` on padding or when no query is kept.
         ``query_labels`` ``(B, Q)`` int32 (``K`` is no-object), ``query_scores`` ``(B, Q)``
         float32, and ``panoptic_areas`` ``(B, Q, 4)`` int32 pixel counts inside the valid
-        region: the argmax region, the argmax
-        region above the mask threshold, the mask above the threshold (the paper's original
-        area), and the score-weighted mask above the threshold (transformers' original area);
-        the column names are ``maskserve.bundle.PANOPTIC_AREA_COLUMNS``.
+        region: the argmax region, the argmax region above the mask threshold, the mask above
+        the threshold (the paper's original area), and the score-weighted mask above the
+        threshold (transformers' original area); the column names are
+        ``maskserve.bundle.PANOPTIC_AREA_COLUMNS``.
+
+    Every ``(B, Q, H, W)`` tensor costs a full memory pass on a CPU, so the few that exist are
+    plain arithmetic (no broadcast ``where``), and counts are float32 sums: exact for integers
+    below 2**24, which covers the largest canvas (4096 x 4096).
     """
     num_labels = class_probs.shape[-1] - 1
-    num_queries = class_probs.shape[1]
+    batch, num_queries = class_probs.shape[0], class_probs.shape[1]
+    height, width = canvas_hw
     scores, labels = class_probs.max(dim=-1)  # (B, Q)
     keep = (labels != num_labels) & (scores > score_threshold.view(-1, 1))
 
     probs = F.interpolate(mask_probs, size=canvas_hw, mode="bilinear", align_corners=False)
-    weighted = probs * scores.view(scores.shape[0], -1, 1, 1)
-    # Dropped queries can never win: every weighted probability is >= 0.
-    candidates = torch.where(keep.view(keep.shape[0], -1, 1, 1), weighted, torch.full_like(weighted, -1.0))
-    winner = candidates.argmax(dim=1)  # (B, H, W)
+    weighted = probs * scores.view(batch, -1, 1, 1)
+    # Dropped queries can never win: weighted probabilities are >= 0 and theirs drop by 2.
+    penalty = (keep.to(probs.dtype) - 1.0).mul(2.0).view(batch, -1, 1, 1)
+    winner = (weighted + penalty).argmax(dim=1)  # (B, H, W)
     winner_prob = torch.gather(probs, 1, winner.unsqueeze(1)).squeeze(1)
     threshold = mask_threshold.view(-1, 1, 1)
     winner_on = winner_prob >= threshold
-    live = valid & keep.any(dim=1).view(-1, 1, 1)
-    panoptic_map = torch.where(
-        live,
-        torch.where(winner_on, winner, winner + num_queries),
-        torch.full_like(winner, -1),
-    ).to(torch.int32)
+    live = _valid_region(image_sizes, height, width) & keep.any(dim=1).view(-1, 1, 1)
+    minus_one = torch.full_like(winner, -1)
+    panoptic_map = torch.where(live, winner + num_queries * (~winner_on).to(winner.dtype), minus_one)
 
     query_ids = torch.arange(num_queries, device=winner.device).view(1, -1, 1, 1)
-    wins = (winner.unsqueeze(1) == query_ids) & live.unsqueeze(1)  # (B, Q, H, W)
-    valid4 = valid.unsqueeze(1)
+    argmax_owner = torch.where(live, winner, minus_one).unsqueeze(1)
+    kept_owner = torch.where(live & winner_on, winner, minus_one).unsqueeze(1)
+    rows = (torch.arange(height, device=winner.device).view(1, 1, 1, -1) < image_sizes[:, 0].view(-1, 1, 1, 1)).to(
+        probs.dtype
+    )  # (B, 1, 1, H)
+    cols = (torch.arange(width, device=winner.device).view(1, 1, -1, 1) < image_sizes[:, 1].view(-1, 1, 1, 1)).to(
+        probs.dtype
+    )  # (B, 1, W, 1)
     threshold4 = threshold.unsqueeze(1)
+
+    def count(indicator: Tensor) -> Tensor:
+        return indicator.to(probs.dtype).sum(dim=(2, 3))
+
+    def count_inside(indicator: Tensor) -> Tensor:
+        # rows^T . indicator . cols: the valid rectangle's count without a masked copy.
+        return torch.matmul(rows, torch.matmul(indicator.to(probs.dtype), cols)).view(batch, num_queries)
+
     areas = torch.stack(
         [
-            wins.sum(dim=(2, 3)),
-            (wins & winner_on.unsqueeze(1)).sum(dim=(2, 3)),
-            ((probs >= threshold4) & valid4).sum(dim=(2, 3)),
-            ((weighted >= threshold4) & valid4).sum(dim=(2, 3)),
+            count(argmax_owner == query_ids),
+            count(kept_owner == query_ids),
+            count_inside(probs >= threshold4),
+            count_inside(weighted >= threshold4),
         ],
         dim=-1,
     ).to(torch.int32)
     return {
-        "panoptic_map": panoptic_map,
+        "panoptic_map": panoptic_map.to(torch.int32),
         "query_labels": labels.to(torch.int32),
         "query_scores": scores,
         "panoptic_areas": areas,

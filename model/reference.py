@@ -24,6 +24,7 @@ def reference_outputs(
     score_threshold: Tensor,
     mask_threshold: Tensor,
     canvas_hw: tuple[int, int],
+    margins: bool = False,
 ) -> dict[str, Tensor]:
     """Reference for every reduced output of the graph.
 
@@ -33,6 +34,10 @@ def reference_outputs(
         image_sizes: ``(B, 2)`` valid height and width inside the canvas.
         score_threshold: ``(B,)``; mask_threshold: ``(B,)``.
         canvas_hw: ``(H, W)``.
+        margins: also return ``semantic_margin`` and ``panoptic_margin`` ``(B, H, W)``: how far
+            each pixel's decision is from a tie (top-1 minus top-2 score; for the panoptic map
+            also the winner's distance to the mask threshold). Where a margin is within float
+            rounding, two correct implementations may decide differently.
     """
     per_image = [
         _one_image(
@@ -45,7 +50,10 @@ def reference_outputs(
         )
         for i in range(class_logits.shape[0])
     ]
-    return {name: torch.stack([item[name] for item in per_image]) for name in per_image[0]}
+    out = {name: torch.stack([item[name] for item in per_image]) for name in per_image[0]}
+    if not margins:
+        out = {name: value for name, value in out.items() if not name.endswith("_margin")}
+    return out
 
 
 def _one_image(
@@ -66,9 +74,12 @@ def _one_image(
     semantic = resized.argmax(0).to(torch.int32)
     semantic[valid_h:, :] = -1
     semantic[:, valid_w:] = -1
+    top2 = resized.topk(min(2, resized.shape[0]), dim=0).values
+    semantic_margin = top2[0] - top2[-1] if resized.shape[0] > 1 else torch.full(canvas_hw, torch.inf)
 
     return {
         "semantic_map": semantic,
+        "semantic_margin": semantic_margin,
         **_panoptic(class_probs, mask_probs, valid_hw, score_threshold, mask_threshold, canvas_hw),
         **_instance(class_probs, mask_logits, valid_hw, mask_threshold),
     }
@@ -93,6 +104,7 @@ def _panoptic(
     weighted = probs * scores[:, None, None]
 
     panoptic_map = torch.full(canvas_hw, -1, dtype=torch.int32)
+    margin = torch.full(canvas_hw, torch.inf)
     areas = torch.zeros((num_queries, 4), dtype=torch.int32)
     for q in range(num_queries):
         areas[q, 2] = int((probs[q] >= mask_threshold).sum())
@@ -103,12 +115,18 @@ def _panoptic(
         winner_prob = probs.gather(0, winner[None])[0]
         on = winner_prob >= mask_threshold
         panoptic_map[:valid_h, :valid_w] = torch.where(on, winner, winner + num_queries).to(torch.int32)
+        to_threshold = (winner_prob - mask_threshold).abs()
+        if len(kept_ids) > 1:
+            top2 = weighted[kept_ids].topk(2, dim=0).values
+            to_threshold = torch.minimum(to_threshold, top2[0] - top2[1])
+        margin[:valid_h, :valid_w] = to_threshold
         for q in kept_ids.tolist():
             region = winner == q
             areas[q, 0] = int(region.sum())
             areas[q, 1] = int((region & on).sum())
     return {
         "panoptic_map": panoptic_map,
+        "panoptic_margin": margin,
         "query_labels": labels.to(torch.int32),
         "query_scores": scores,
         "panoptic_areas": areas,

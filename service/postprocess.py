@@ -66,6 +66,27 @@ class Segment:
     mask: EncodedMask
 
 
+@dataclass(frozen=True)
+class Candidate:
+    """A segment before encoding: which value of which resized map it is."""
+
+    label_id: int
+    score: float | None
+    isthing: bool
+    source: int  # index into Plan.maps
+    value: int  # the segment's value in that map
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything decided; what is left is encoding. ``maps`` are resized to the original
+    size and raveled column-major, as COCO RLE walks them."""
+
+    height: int
+    maps: list[npt.NDArray[Any]]
+    candidates: list[Candidate]
+
+
 def postprocess(
     outputs: dict[str, npt.NDArray[Any]],
     letterbox: Letterbox,
@@ -79,22 +100,42 @@ def postprocess(
         outputs: this image's slice of the graph outputs the task needs (no batch dim).
         isthing: ``(K,)`` per label.
     """
+    return encode(plan(outputs, letterbox, params, isthing, rule), params)
+
+
+def plan(
+    outputs: dict[str, npt.NDArray[Any]],
+    letterbox: Letterbox,
+    params: TaskParams,
+    isthing: npt.NDArray[np.bool_],
+    rule: PanopticRule = PanopticRule.PAPER,
+) -> Plan:
+    """The decisions: which segments exist, with which labels and scores, and their maps."""
     if params.task == "semantic":
-        segments = _semantic(outputs["semantic_map"], letterbox, isthing)
-    elif params.task == "panoptic":
-        segments = _panoptic(outputs, letterbox, params, isthing, rule)
-    elif params.task == "instance":
-        segments = _instance(outputs, letterbox, params, isthing)
-    else:
-        raise ValueError(f"unknown task {params.task!r}")
-    kept = [
-        s
-        for s in segments
-        if s.mask.area > 0
-        and s.mask.area >= params.min_area
-        and (params.label_ids is None or s.label_id in params.label_ids)
-    ]
-    return [Segment(i, s.label_id, s.score, s.isthing, s.mask) for i, s in enumerate(kept, start=1)]
+        return _semantic(outputs["semantic_map"], letterbox, isthing)
+    if params.task == "panoptic":
+        return _panoptic(outputs, letterbox, params, isthing, rule)
+    if params.task == "instance":
+        return _instance(outputs, letterbox, params, isthing)
+    raise ValueError(f"unknown task {params.task!r}")
+
+
+def encode(plan: Plan, params: TaskParams) -> list[Segment]:
+    """COCO RLE for every candidate (one pass per map), then the area and label filters."""
+    encoded: list[EncodedMask | None] = [None] * len(plan.candidates)
+    for source, flat in enumerate(plan.maps):
+        members = [i for i, c in enumerate(plan.candidates) if c.source == source]
+        masks = encode_label_map(flat, plan.height, [plan.candidates[i].value for i in members])
+        for i, encoded_mask in zip(members, masks, strict=True):
+            encoded[i] = encoded_mask
+    segments: list[Segment] = []
+    for candidate, mask in zip(plan.candidates, encoded, strict=True):
+        if mask is None or mask.area == 0 or mask.area < params.min_area:
+            continue
+        if params.label_ids is not None and candidate.label_id not in params.label_ids:
+            continue
+        segments.append(Segment(len(segments) + 1, candidate.label_id, candidate.score, candidate.isthing, mask))
+    return segments
 
 
 def resize_indices(source: int, valid: float, target: int) -> npt.NDArray[np.intp]:
@@ -121,13 +162,11 @@ def column_major_resized(
     return label_map.T[cols][:, rows].ravel()  # (W, H) C-order == (H, W) Fortran order
 
 
-def _semantic(label_map: npt.NDArray[np.int32], letterbox: Letterbox, isthing: npt.NDArray[np.bool_]) -> list[Segment]:
+def _semantic(label_map: npt.NDArray[np.int32], letterbox: Letterbox, isthing: npt.NDArray[np.bool_]) -> Plan:
     flat = column_major_resized(label_map, letterbox)
     present = np.flatnonzero(np.bincount(flat[flat >= 0], minlength=len(isthing)))
-    masks = encode_label_map(flat, letterbox.original[0], present.tolist())
-    return [
-        Segment(0, int(label), None, bool(isthing[label]), mask) for label, mask in zip(present, masks, strict=True)
-    ]
+    candidates = [Candidate(int(label), None, bool(isthing[label]), 0, int(label)) for label in present]
+    return Plan(letterbox.original[0], [flat], candidates)
 
 
 def _panoptic(
@@ -136,7 +175,7 @@ def _panoptic(
     params: TaskParams,
     isthing: npt.NDArray[np.bool_],
     rule: PanopticRule,
-) -> list[Segment]:
+) -> Plan:
     labels = outputs["query_labels"].astype(np.int64)
     scores = outputs["query_scores"].astype(np.float32)
     areas = outputs["panoptic_areas"].astype(np.int64)
@@ -173,13 +212,13 @@ def _panoptic(
         if rule is PanopticRule.TRANSFORMERS:
             lut[q + num_queries] = number
     if not segment_label:
-        return []
+        return Plan(letterbox.original[0], [], [])
     flat = column_major_resized(lut[outputs["panoptic_map"]], letterbox)
-    masks = encode_label_map(flat, letterbox.original[0], range(1, len(segment_label) + 1))
-    return [
-        Segment(0, label, round(score, 6), bool(isthing[label]), mask)
-        for label, score, mask in zip(segment_label, segment_score, masks, strict=True)
+    candidates = [
+        Candidate(label, round(score, 6), bool(isthing[label]), 0, number)
+        for number, (label, score) in enumerate(zip(segment_label, segment_score, strict=True), start=1)
     ]
+    return Plan(letterbox.original[0], [flat], candidates)
 
 
 def _instance(
@@ -187,7 +226,7 @@ def _instance(
     letterbox: Letterbox,
     params: TaskParams,
     isthing: npt.NDArray[np.bool_],
-) -> list[Segment]:
+) -> Plan:
     labels = outputs["instance_labels"].astype(np.int64)
     scores = outputs["instance_scores"].astype(np.float32)
     masks = outputs["instance_masks"]
@@ -195,12 +234,12 @@ def _instance(
     candidates = candidates[np.argsort(-scores[candidates], kind="stable")]
     if params.label_ids is not None:
         candidates = np.array([j for j in candidates if labels[j] in params.label_ids], dtype=np.intp)
-    segments = []
+    maps: list[npt.NDArray[Any]] = []
+    found: list[Candidate] = []
     for j in candidates.tolist():
         if not masks[j].any():
             continue
-        flat = column_major_resized(masks[j], letterbox, scale=4)
         label = int(labels[j])
-        encoded = encode_label_map(flat, letterbox.original[0], [1])[0]
-        segments.append(Segment(0, label, round(float(scores[j]), 6), bool(isthing[label]), encoded))
-    return segments
+        found.append(Candidate(label, round(float(scores[j]), 6), bool(isthing[label]), len(maps), 1))
+        maps.append(column_major_resized(masks[j], letterbox, scale=4))
+    return Plan(letterbox.original[0], maps, found)

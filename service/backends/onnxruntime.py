@@ -1,4 +1,11 @@
-"""ONNX Runtime backend: TensorRT EP, CUDA EP or CPU, chosen by availability unless pinned."""
+"""ONNX Runtime backend: TensorRT EP, CUDA EP or CPU, chosen by availability unless pinned.
+
+On the CPU provider the graph runs in stages: the body (backbone to raw logits) once per batch,
+then only the heads of the tasks the batch asked for. ONNX Runtime computes every node of a
+session whatever outputs are fetched, and the three heads together cost about half as much as
+the body on a CPU (upsampling 100-150 maps to full resolution); on a GPU they are cheap and one
+fused graph is kept, so nothing leaves the device between stages.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +18,7 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
+from maskserve.bundle import INPUTS, RAW_OUTPUTS, TASK_OUTPUTS
 from service.backends.base import BackendError
 
 log = logging.getLogger("maskserve")
@@ -68,29 +76,58 @@ class OnnxRuntimeBackend:
         intra_op_threads: int = 0,
         engine_cache: Path | None = None,
         fp16: bool = False,
+        staged: bool | None = None,
     ) -> None:
         chain = provider_chain(provider, ort.get_available_providers())
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.intra_op_num_threads = intra_op_threads
-        options.inter_op_num_threads = 1
+        self._options = ort.SessionOptions()
+        self._options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self._options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        self._options.intra_op_num_threads = intra_op_threads
+        self._options.inter_op_num_threads = 1
+        self._providers = [(name, _provider_options(name, engine_cache, fp16)) for name in chain]
+        self.staged = chain[0] == PROVIDERS["cpu"] if staged is None else staged
         try:
-            self.session = ort.InferenceSession(
-                str(model_path),
-                sess_options=options,
-                providers=[(name, _provider_options(name, engine_cache, fp16)) for name in chain],
-            )
-        except Exception as exc:  # ORT raises its own exception types; keep one line
+            if self.staged:
+                self._body, self._heads = self._staged_sessions(model_path)
+                self.session = self._body
+            else:
+                self.session = self._session(str(model_path))
+        except Exception as exc:  # ORT and onnx raise their own types; keep one line
             raise BackendError(f"onnxruntime cannot load {model_path}: {str(exc).splitlines()[0]}") from exc
         self.provider = self.session.get_providers()[0]
         self.max_batch = max_batch
         self._on_device = self.provider != PROVIDERS["cpu"]
-        log.info("onnxruntime %s session on %s", ort.__version__, ", ".join(self.session.get_providers()))
+        log.info(
+            "onnxruntime %s session on %s%s",
+            ort.__version__,
+            ", ".join(self.session.get_providers()),
+            " (staged: body, then per-task heads)" if self.staged else "",
+        )
+
+    def _session(self, model: str | bytes) -> ort.InferenceSession:
+        return ort.InferenceSession(model, sess_options=self._options, providers=self._providers)
+
+    def _staged_sessions(self, model_path: Path) -> tuple[ort.InferenceSession, dict[str, ort.InferenceSession]]:
+        import onnx
+        import onnx.utils
+
+        model = onnx.load(str(model_path))
+        # The body takes every graph input: the exporter may read the batch size off any of them.
+        body = onnx.utils.Extractor(model).extract_model(list(INPUTS), list(RAW_OUTPUTS))
+        heads = {
+            task: onnx.utils.Extractor(model).extract_model([*INPUTS, *RAW_OUTPUTS], list(names))
+            for task, names in TASK_OUTPUTS.items()
+        }
+        del model
+        body_session = self._session(body.SerializeToString())
+        del body
+        return body_session, {task: self._session(head.SerializeToString()) for task, head in heads.items()}
 
     def run(
         self, feeds: Mapping[str, npt.NDArray[np.generic]], outputs: Sequence[str]
     ) -> dict[str, npt.NDArray[np.generic]]:
+        if self.staged:
+            return self._run_staged(feeds, outputs)
         if self._on_device:
             # IO binding: inputs are copied once, and only the requested (compact) outputs
             # come back to the host; the rest of the graph's tensors stay on the device.
@@ -105,5 +142,24 @@ class OnnxRuntimeBackend:
             values = self.session.run(list(outputs), dict(feeds))
         return dict(zip(outputs, values, strict=True))
 
+    def _run_staged(
+        self, feeds: Mapping[str, npt.NDArray[np.generic]], outputs: Sequence[str]
+    ) -> dict[str, npt.NDArray[np.generic]]:
+        body_feeds = {i.name: feeds[i.name] for i in self._body.get_inputs()}
+        raw = dict(zip(RAW_OUTPUTS, self._body.run(list(RAW_OUTPUTS), body_feeds), strict=True))
+        results: dict[str, npt.NDArray[np.generic]] = {name: raw[name] for name in outputs if name in raw}
+        available = {**feeds, **raw}
+        for task, names in TASK_OUTPUTS.items():
+            wanted = [name for name in names if name in outputs]
+            if not wanted:
+                continue
+            head = self._heads[task]
+            head_feeds = {i.name: available[i.name] for i in head.get_inputs()}
+            results.update(zip(wanted, head.run(wanted, head_feeds), strict=True))
+        return results
+
     def close(self) -> None:
-        del self.session
+        self.session = None  # type: ignore[assignment]
+        if self.staged:
+            self._body = None  # type: ignore[assignment]
+            self._heads = {}

@@ -19,7 +19,7 @@ def _fused(class_logits, mask_logits, sizes, score_t, mask_t, canvas):
     semantic = torch.where(valid, semantic, torch.full_like(semantic, -1))
     return {
         "semantic_map": semantic,
-        **panoptic_reduction(class_probs, mask_logits.sigmoid(), valid, score_t, mask_t, canvas),
+        **panoptic_reduction(class_probs, mask_logits.sigmoid(), sizes, score_t, mask_t, canvas),
         **instance_reduction(class_probs, mask_logits, sizes, mask_t, class_logits.shape[1]),
     }
 

@@ -1,0 +1,1 @@
+"""Benchmarks: model level against transformers eager, service level against the bare backend."""
