@@ -1,0 +1,153 @@
+"""``python -m bench``: regenerate docs/benchmarks.md on this machine.
+
+Everything is measured in one run, side by side: the transformers baseline and maskserve on
+the same checkpoint and images, the service against its bare backend, and this CPU's GEMM
+peak. ``--quick`` runs a few iterations on whatever bundle it is given (the CI smoke test).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from PIL import Image
+
+from bench import machine
+from bench.model_level import TASKS, MaskserveRunner, Timing, TransformersRunner, canvas_for, measure
+from bench.report import ModelSection, Report, ServiceSection
+from bench.service_level import bare_throughput, load, server
+
+SIZES = ((480, 640), (512, 512), (720, 1280))
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _images(size: tuple[int, int], count: int) -> list[Image.Image]:
+    """Generated scenes cropped to ``size``: real structure, same pixels for both runners."""
+    from demo.scenes import generate_scene
+
+    side = max(size)
+    return [Image.fromarray(generate_scene(seed, side).image[: size[0], : size[1]]) for seed in range(count)]
+
+
+def _model_section(
+    name: str, checkpoint: str, bundle: str, side: int, params: dict[str, float], args: argparse.Namespace
+) -> ModelSection:
+    from bench.flops import model_gflops
+    from maskserve.bundle import Bundle
+
+    manifest = Bundle.load(bundle).manifest
+    stuff = {label.id for label in manifest.labels if not label.isthing}
+    runners = [TransformersRunner(checkpoint, side, stuff, params), MaskserveRunner(bundle, side, params)]
+    section = ModelSection(name=name, canvas_side=side, gflops=model_gflops(runners[0].model, (side, side)))
+    for size in args.sizes:
+        for batch in args.batches:
+            images = _images(size, batch)
+            for task in TASKS if not args.quick else ("panoptic",):
+                for runner in runners:
+                    repeats = args.repeats if batch == 1 else max(2, args.repeats // 2)
+                    timing: Timing = measure(runner, images, task, repeats)
+                    section.add(runner.name, task, size, batch, timing)
+                    print(f"  {name} {runner.name:<12} {task:<9} {size[0]}x{size[1]} b{batch}: "
+                          f"{timing.median():.3f} s", file=sys.stderr)  # fmt: skip
+    return section
+
+
+def _service_section(bundle: str, side: int, args: argparse.Namespace) -> ServiceSection:
+    size = (side, side)
+    canvas = canvas_for(size, side)
+    buffer = io.BytesIO()
+    _images(size, 1)[0].save(buffer, format="PNG")
+    image = buffer.getvalue()
+    section = ServiceSection(canvas=canvas, max_batch=args.max_batch)
+    with server(Path(bundle), args.max_batch, canvas) as url:
+        for concurrency in args.concurrency:
+            result = load(url, image, "panoptic", concurrency, args.seconds)
+            section.loads.append(result)
+            print(f"  service c={concurrency}: {result.throughput:.2f} req/s", file=sys.stderr)
+    for batch in sorted({1, args.max_batch}):
+        section.bare[batch] = bare_throughput(Path(bundle), batch, canvas, "panoptic", args.seconds)
+        print(f"  bare backend b={batch}: {section.bare[batch]:.2f} img/s", file=sys.stderr)
+    return section
+
+
+def _prepare_models(args: argparse.Namespace) -> list[tuple[str, str, str, int, dict[str, float]]]:
+    """(name, checkpoint, bundle, canvas side, thresholds) for each model to benchmark."""
+    if args.checkpoint and args.bundle:
+        side = args.side or 128
+        return [
+            (
+                "given",
+                args.checkpoint,
+                args.bundle,
+                side,
+                {"threshold": 0.0, "mask_threshold": 0.5, "overlap_threshold": 0.8},
+            )
+        ]
+    from bench.checkpoints import save_swin_tiny_ade
+    from export.pipeline import ExportOptions, run_export
+
+    cache = ROOT / ".bench"
+    checkpoint = save_swin_tiny_ade(cache / "swin-tiny-ade")
+    bundle = cache / "swin-tiny-ade-bundle"
+    if not (bundle / "bundle.json").is_file():
+        run_export(
+            ExportOptions(model=str(checkpoint), out=bundle, force=True), log=lambda m: print(m, file=sys.stderr)
+        )
+    # Random weights: scores are near 1/151, so every query is kept (threshold 0).
+    models = [("Swin-T/ADE architecture (random weights)", str(checkpoint), str(bundle), 512, {
+        "threshold": 0.0, "mask_threshold": 0.5, "overlap_threshold": 0.8})]  # fmt: skip
+    demo_checkpoint, demo_bundle = ROOT / "demo" / "checkpoint", ROOT / "maskserve" / "assets" / "shapes"
+    if (demo_checkpoint / "config.json").is_file() and (demo_bundle / "bundle.json").is_file():
+        models.append(("demo (shapes, trained)", str(demo_checkpoint), str(demo_bundle), 256, {
+            "threshold": 0.5, "mask_threshold": 0.5, "overlap_threshold": 0.8}))  # fmt: skip
+    return models
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    parser.add_argument("--quick", action="store_true", help="a few iterations: proves the command runs")
+    parser.add_argument("--checkpoint", help="benchmark this checkpoint (with --bundle) instead of the defaults")
+    parser.add_argument("--bundle", help="the bundle exported from --checkpoint")
+    parser.add_argument("--side", type=int, help="canvas side for --bundle (default 128)")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--seconds", type=float, default=30.0, help="duration of each service load level")
+    parser.add_argument("--max-batch", type=int, default=4)
+    args = parser.parse_args(argv)
+    args.sizes = SIZES if not args.quick else ((96, 128),)
+    args.batches = (1, 4) if not args.quick else (1, 2)
+    args.concurrency = (1, 4, 16) if not args.quick else (1, 4)
+    if args.quick:
+        args.repeats, args.seconds, args.max_batch = 2, min(args.seconds, 2.0), 2
+
+    started = time.perf_counter()
+    print("measuring the GEMM peak", file=sys.stderr)
+    report = Report(
+        machine=machine.machine_line(),
+        gemm_peak=machine.gemm_peak_gflops(size=2048 if not args.quick else 512),
+        date=datetime.now(UTC).strftime("%Y-%m-%d"),
+        command="python -m bench" + (" --quick" if args.quick else ""),
+    )
+    models = _prepare_models(args)
+    for name, checkpoint, bundle, side, params in models:
+        print(f"model level: {name}", file=sys.stderr)
+        report.models.append(_model_section(name, checkpoint, bundle, side, params, args))
+    name, _, bundle, side, _ = models[0]
+    print(f"service level: {name}", file=sys.stderr)
+    report.service = _service_section(bundle, side, args)
+    report.service.model = name
+    report.seconds = time.perf_counter() - started
+    changes = ROOT / "bench" / "changes.md"
+    text = report.render(changes.read_text() if changes.is_file() and not args.quick else "")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    print(f"wrote {args.out} in {report.seconds:.0f} s", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

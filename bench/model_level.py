@@ -1,0 +1,167 @@
+"""Model-level comparison on the same checkpoint and images: transformers eager against the
+bundle through ONNX Runtime plus maskserve's host post-processing, stage by stage."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from pycocotools import mask as coco_mask
+from transformers import MaskFormerForInstanceSegmentation, MaskFormerImageProcessor
+
+from maskserve.bundle import TASK_OUTPUTS, Bundle
+from service.backends import OnnxRuntimeBackend
+from service.postprocess import Letterbox, TaskParams, encode, plan
+from service.preprocess import Normalizer, fit
+
+STAGES = ("preprocess", "model", "postprocess", "rle")
+TASKS = ("panoptic", "semantic", "instance")
+
+
+@dataclass
+class Timing:
+    """Seconds per stage for each repeat of one (runner, task, size, batch) configuration."""
+
+    runs: list[dict[str, float]] = field(default_factory=list)
+
+    def total(self) -> list[float]:
+        return [sum(run.values()) for run in self.runs]
+
+    def median(self, stage: str | None = None) -> float:
+        values = self.total() if stage is None else [run[stage] for run in self.runs]
+        return statistics.median(values)
+
+    def p95(self) -> float:
+        values = sorted(self.total())
+        return values[min(len(values) - 1, round(0.95 * (len(values) - 1)))]
+
+
+def canvas_for(size: tuple[int, int], side: int) -> tuple[int, int]:
+    """transformers' resize for size={shortest_edge: S, longest_edge: S}, padded to 32: the
+    same pixels on both sides of the comparison."""
+    height, width = fit(size, (side, side))
+    return (-(-height // 32) * 32, -(-width // 32) * 32)
+
+
+def _timed(stages: dict[str, float], stage: str, fn: Callable[[], Any]) -> Any:
+    started = time.perf_counter()
+    result = fn()
+    stages[stage] = stages.get(stage, 0.0) + time.perf_counter() - started
+    return result
+
+
+class TransformersRunner:
+    """What users wire up by hand: image processor, eager model, post_process_*, pycocotools."""
+
+    name = "transformers"
+
+    def __init__(self, checkpoint: str, side: int, stuff_ids: set[int], params: dict[str, float]) -> None:
+        self.model = MaskFormerForInstanceSegmentation.from_pretrained(checkpoint).eval()
+        self.processor = MaskFormerImageProcessor(size={"shortest_edge": side, "longest_edge": side})
+        self.stuff_ids = stuff_ids
+        self.params = params
+
+    def run(self, images: list[Image.Image], task: str) -> dict[str, float]:
+        stages: dict[str, float] = {}
+        sizes = [(image.height, image.width) for image in images]
+        inputs = _timed(stages, "preprocess", lambda: self.processor(images=images, return_tensors="pt"))
+        with torch.inference_mode():
+            outputs = _timed(stages, "model", lambda: self.model(pixel_values=inputs["pixel_values"]))
+        masks = _timed(stages, "postprocess", lambda: self._post(outputs, task, sizes))
+        _timed(stages, "rle", lambda: [coco_mask.encode(np.asfortranarray(m)) for m in masks])
+        return stages
+
+    def _post(self, outputs: Any, task: str, sizes: list[tuple[int, int]]) -> list[np.ndarray]:
+        """Post-process and cut each segment's binary mask (uint8), ready for RLE."""
+        p = self.params
+        masks: list[np.ndarray] = []
+        if task == "semantic":
+            for seg in self.processor.post_process_semantic_segmentation(outputs, target_sizes=sizes):
+                labels = seg.numpy()
+                masks.extend((labels == label).astype(np.uint8) for label in np.unique(labels))
+        elif task == "instance":
+            for result in self.processor.post_process_instance_segmentation(
+                outputs, threshold=p["threshold"], target_sizes=sizes, return_binary_maps=True
+            ):
+                if result["segments_info"]:
+                    masks.extend(m.numpy().astype(np.uint8) for m in result["segmentation"])
+        else:
+            for result in self.processor.post_process_panoptic_segmentation(
+                outputs,
+                threshold=p["threshold"],
+                mask_threshold=p["mask_threshold"],
+                overlap_mask_area_threshold=p["overlap_threshold"],
+                label_ids_to_fuse=self.stuff_ids,
+                target_sizes=sizes,
+            ):
+                segmentation = result["segmentation"].numpy()
+                ids = sorted({info["id"] for info in result["segments_info"]})
+                masks.extend((segmentation == i).astype(np.uint8) for i in ids)
+        return masks
+
+
+class MaskserveRunner:
+    """The bundle through ONNX Runtime (staged on CPU) plus maskserve's host path."""
+
+    name = "maskserve"
+
+    def __init__(self, bundle_dir: str, side: int, params: dict[str, float], intra_op_threads: int = 0) -> None:
+        self.bundle = Bundle.load(bundle_dir)
+        self.backend = OnnxRuntimeBackend(
+            self.bundle.model_path, self.bundle.manifest.max_batch, "cpu", intra_op_threads=intra_op_threads
+        )
+        self.normalizer = Normalizer(self.bundle.manifest.normalization)
+        self.isthing = np.array([label.isthing for label in self.bundle.manifest.labels])
+        self.side = side
+        self.params = params
+
+    def run(self, images: list[Image.Image], task: str) -> dict[str, float]:
+        stages: dict[str, float] = {}
+        params = TaskParams(
+            task, self.params["threshold"], self.params["mask_threshold"], self.params["overlap_threshold"]
+        )
+        feeds, boxes = _timed(stages, "preprocess", lambda: self._preprocess(images, params))
+        outputs = _timed(stages, "model", lambda: self.backend.run(feeds, TASK_OUTPUTS[task]))  # type: ignore[index]
+        plans = _timed(
+            stages,
+            "postprocess",
+            lambda: [
+                plan({k: v[i] for k, v in outputs.items()}, box, params, self.isthing) for i, box in enumerate(boxes)
+            ],
+        )
+        _timed(stages, "rle", lambda: [encode(p, params) for p in plans])
+        return stages
+
+    def _preprocess(
+        self, images: list[Image.Image], params: TaskParams
+    ) -> tuple[dict[str, np.ndarray], list[Letterbox]]:
+        canvas = canvas_for((images[0].height, images[0].width), self.side)
+        pixels, boxes = [], []
+        for image in images:
+            valid = fit((image.height, image.width), canvas)
+            resized = image.resize((valid[1], valid[0]), Image.Resampling.BILINEAR)
+            pixels.append(self.normalizer.into_canvas(np.asarray(resized, dtype=np.uint8), canvas))
+            boxes.append(Letterbox(canvas=canvas, valid=valid, original=(image.height, image.width)))
+        batch = len(images)
+        feeds = {
+            "pixel_values": np.stack(pixels),
+            "image_sizes": np.array([box.valid for box in boxes], np.int64),
+            "score_threshold": np.full(batch, params.threshold, np.float32),
+            "mask_threshold": np.full(batch, params.mask_threshold, np.float32),
+        }
+        return feeds, boxes
+
+
+def measure(runner: Any, images: list[Image.Image], task: str, repeats: int, warmup: int = 1) -> Timing:
+    for _ in range(warmup):
+        runner.run(images, task)
+    timing = Timing()
+    for _ in range(repeats):
+        timing.runs.append(runner.run(images, task))
+    return timing

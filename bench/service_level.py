@@ -1,0 +1,129 @@
+"""Service-level load: an asyncio client against ``maskserve serve`` on loopback, and the bare
+backend's throughput at the same batch sizes (the ratio is the serving overhead)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from maskserve.bundle import TASK_OUTPUTS, Bundle
+from service.backends import OnnxRuntimeBackend
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    concurrency: int
+    requests: int
+    errors: int
+    seconds: float
+    latencies: tuple[float, ...]
+
+    @property
+    def throughput(self) -> float:
+        return self.requests / self.seconds
+
+    def percentile(self, q: float) -> float:
+        return float(np.percentile(self.latencies, q)) if self.latencies else float("nan")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def server(bundle: Path, max_batch: int, canvas: tuple[int, int]) -> Iterator[str]:
+    port = _free_port()
+    env = {
+        **os.environ,
+        "MASKSERVE_PORT": str(port),
+        "MASKSERVE_MAX_BATCH_SIZE": str(max_batch),
+        "MASKSERVE_CANVASES": f"{canvas[0]}x{canvas[1]}",
+        "MASKSERVE_MAX_QUEUE": "256",
+        "MASKSERVE_REQUEST_TIMEOUT_S": "600",
+        "MASKSERVE_LOG_LEVEL": "warning",
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "maskserve.cli", "serve", "--bundle", str(bundle)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            if process.poll() is not None:
+                raise RuntimeError(f"maskserve serve exited with {process.returncode}")
+            time.sleep(0.2)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+
+
+async def _load(url: str, image: bytes, task: str, concurrency: int, seconds: float) -> LoadResult:
+    latencies: list[float] = []
+    errors = 0
+    stop = time.monotonic() + seconds
+
+    async def client(http: httpx.AsyncClient) -> None:
+        nonlocal errors
+        while time.monotonic() < stop:
+            started = time.perf_counter()
+            response = await http.post(
+                "/v1/segment", params={"task": task}, content=image, headers={"Content-Type": "image/png"}
+            )
+            if response.status_code == 200:
+                latencies.append(time.perf_counter() - started)
+            else:
+                errors += 1
+
+    started = time.monotonic()
+    limits = httpx.Limits(max_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as http:
+        await asyncio.gather(*(client(http) for _ in range(concurrency)))
+    elapsed = time.monotonic() - started
+    return LoadResult(concurrency, len(latencies), errors, elapsed, tuple(latencies))
+
+
+def load(url: str, image: bytes, task: str, concurrency: int, seconds: float) -> LoadResult:
+    # One warm-up request so the first measured one does not pay for connection set-up.
+    httpx.post(
+        f"{url}/v1/segment", params={"task": task}, content=image, headers={"Content-Type": "image/png"}, timeout=600
+    )
+    return asyncio.run(_load(url, image, task, concurrency, seconds))
+
+
+def bare_throughput(bundle: Path, batch: int, canvas: tuple[int, int], task: str, seconds: float) -> float:
+    """Images per second of the backend alone, on already-preprocessed inputs."""
+    manifest = Bundle.load(bundle).manifest
+    backend = OnnxRuntimeBackend(Bundle.load(bundle).model_path, manifest.max_batch, "cpu")
+    feeds = {
+        "pixel_values": np.random.default_rng(0).standard_normal((batch, 3, *canvas)).astype(np.float32),
+        "image_sizes": np.array([canvas] * batch, np.int64),
+        "score_threshold": np.full(batch, manifest.thresholds.score, np.float32),
+        "mask_threshold": np.full(batch, manifest.thresholds.mask, np.float32),
+    }
+    outputs = list(TASK_OUTPUTS[task])  # type: ignore[index]
+    backend.run(feeds, outputs)
+    images, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds or images == 0:
+        backend.run(feeds, outputs)
+        images += batch
+    return images / (time.perf_counter() - started)
