@@ -20,7 +20,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument("--max-batch", type=int, default=8, help="largest batch the graph and engines accept")
     parser.add_argument("--opset", type=int, default=18, help="ONNX opset (18 or newer)")
-    parser.add_argument("--fp16", action="store_true", help="float16 weights and compute, float32 I/O")
+    parser.add_argument("--fp16", action="store_true", help="float16 weights and compute, float32 I/O (GPUs)")
+    parser.add_argument(
+        "--int8", action="store_true",
+        help="INT8 dynamic quantization of the weight MatMuls (CPUs with VNNI; check accuracy on your data)",
+    )  # fmt: skip
     parser.add_argument(
         "--thing-ids", nargs="+", type=int, metavar="ID",
         help="label ids that are things; the rest are stuff (default: COCO-panoptic table, else all things)",
@@ -54,6 +58,7 @@ def main(args: argparse.Namespace) -> int:
             max_batch=args.max_batch,
             opset=args.opset,
             fp16=args.fp16,
+            int8=args.int8,
             thing_ids=args.thing_ids,
             default_task=args.default_task,
             name=args.name,
@@ -71,5 +76,9 @@ def main(args: argparse.Namespace) -> int:
         print(exc.report, file=sys.stderr)
         print_error("verification failed: the exported graph disagrees with PyTorch; no bundle was written")
         return exc.exit_code
+    except Exception as exc:  # a bug or an unsupported model: one line, no traceback, no bundle
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        print_error(f"export failed ({type(exc).__name__}): {first}")
+        return 1
     print(f"bundle written to {args.out} ({manifest.name}, {len(manifest.labels)} labels, canvas {manifest.canvas})")
     return 0

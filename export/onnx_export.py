@@ -77,18 +77,22 @@ def _check_io(path: Path) -> None:
         raise RuntimeError(f"exported graph has inputs {inputs} and outputs {outputs}, not the bundle contract")
 
 
-def convert_fp16(path: Path) -> None:
-    """Store weights and compute in float16, keeping float32 inputs and outputs.
+def quantize_int8(path: Path) -> None:
+    """INT8 dynamic quantization of the weight MatMuls (per output channel), for CPUs.
 
-    Softmax and the reductions stay in float32: they pick labels and compare against
-    thresholds, where float16 rounding flips decisions.
+    Activations are quantized on the fly per tensor; convolutions, the attention products
+    (activation x activation) and the fused head stay float32. On CPUs with VNNI the
+    quantized GEMMs run on integer dot-product instructions.
     """
-    from onnxconverter_common import float16
+    from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    model = onnx.load(str(path))
-    converted = float16.convert_float_to_float16(
-        model,
-        keep_io_types=True,
-        op_block_list=[*float16.DEFAULT_OP_BLOCK_LIST, "Softmax", "ArgMax", "TopK", "Resize", "ReduceSum", "ReduceMax"],
+    quantized = path.with_name(path.stem + ".int8.onnx")
+    quantize_dynamic(
+        str(path),
+        str(quantized),
+        op_types_to_quantize=["MatMul"],
+        per_channel=True,
+        weight_type=QuantType.QInt8,
+        extra_options={"MatMulConstBOnly": True},
     )
-    onnx.save(converted, str(path))
+    quantized.replace(path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import sys
 import time
 from collections.abc import Callable
@@ -19,7 +20,7 @@ import maskserve
 from export.checkpoint import load_checkpoint
 from export.errors import ExportError, VerificationFailed
 from export.metadata import build_labels, canvas_from_preprocessor, normalization_from_preprocessor
-from export.onnx_export import MAX_SIDE, MIN_OPSET, convert_fp16, export_onnx
+from export.onnx_export import MAX_SIDE, MIN_OPSET, export_onnx, quantize_int8
 from export.verify import Report, verify
 from export.writer import check_destination, staged_bundle
 from maskserve.bundle import (
@@ -49,6 +50,7 @@ class ExportOptions:
     max_batch: int = 8
     opset: int = 18
     fp16: bool = False
+    int8: bool = False
     thing_ids: list[int] | None = None
     default_task: Task | None = None
     name: str | None = None
@@ -66,6 +68,8 @@ def validate_options(options: ExportOptions) -> None:
                 )
     if not 1 <= options.max_batch <= 256:
         raise ExportError(f"--max-batch {options.max_batch} is out of range 1..256")
+    if options.fp16 and options.int8:
+        raise ExportError("--fp16 and --int8 are exclusive: fp16 is for GPUs, int8 for CPUs")
     if options.opset < MIN_OPSET:
         raise ExportError(f"--opset {options.opset} is too old: the dynamo exporter needs {MIN_OPSET} or newer")
 
@@ -97,22 +101,26 @@ def run_export(options: ExportOptions, log: Callable[[str], None] = print) -> Ma
     canvases = [canvas, *(Canvas(height=h, width=w) for h, w in options.extra_canvases if (h, w) != canvas.hw)]
     has_stuff = any(not label.isthing for label in labels)
     default_task: Task = options.default_task or ("panoptic" if has_stuff else "semantic")
-    precision: Literal["fp32", "fp16"] = "fp16" if options.fp16 else "fp32"
+    precision: Literal["fp32", "fp16", "int8"] = "fp16" if options.fp16 else "int8" if options.int8 else "fp32"
 
     with staged_bundle(options.out, options.force) as staging:
         onnx_path = staging / MODEL_NAME
         progress(f"tracing with torch.onnx.export(dynamo=True, opset={options.opset}) at {canvas}")
-        serving = ServingMaskFormer(checkpoint.model)
+        body = copy.deepcopy(checkpoint.model) if options.fp16 else checkpoint.model  # keep an fp32 reference
+        serving = ServingMaskFormer(body, body_dtype=torch.float16 if options.fp16 else torch.float32)
         export_onnx(serving, canvas, options.max_batch, options.opset, onnx_path)
-        progress("optimizing and checking the graph" + (" (float16)" if options.fp16 else ""))
-        if options.fp16:
-            convert_fp16(onnx_path)
+        progress("optimizing and checking the graph" + {"fp32": "", "fp16": " (float16)", "int8": " (int8)"}[precision])
+        if options.int8:
+            quantize_int8(onnx_path)
         onnx.checker.check_model(str(onnx_path))
 
         report: Report | None = None
         if options.verify:
             progress("verifying against PyTorch in ONNX Runtime")
-            report = verify(onnx_path, checkpoint.model, canvas, precision)
+            try:
+                report = verify(onnx_path, checkpoint.model, canvas, precision)
+            except Exception as exc:  # ONNX Runtime refusing the graph is a failed verification
+                raise VerificationFailed(f"onnxruntime could not run the exported graph: {_first_line(exc)}") from exc
             if not report.ok:
                 raise VerificationFailed(report.table())
         progress(f"writing {options.out}")
@@ -146,6 +154,10 @@ def run_export(options: ExportOptions, log: Callable[[str], None] = print) -> Ma
     if report is not None:
         log(report.table())
     return manifest
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
 
 
 def quiet_libraries() -> None:

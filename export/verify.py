@@ -27,7 +27,9 @@ from model.wrapper import raw_logits
 # Decisions closer than this (in probability) to a tie or to the mask threshold are ties.
 TIE_MARGIN = 1e-5
 # (raw-logit max abs error, label-map pixel agreement, score max abs error)
-LIMITS = {"fp32": (1e-4, 0.9999, 1e-5), "fp16": (float("inf"), 0.995, 5e-3)}
+# fp16 and int8 change the logits on purpose: their raw error is reported, not gated (judge
+# them on a labelled set), while the fused head is still held to its reference.
+LIMITS = {"fp32": (1e-4, 0.9999, 1e-5), "fp16": (float("inf"), 0.9999, 1e-5), "int8": (float("inf"), 0.9999, 1e-5)}
 
 
 @dataclass

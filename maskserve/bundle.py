@@ -127,7 +127,7 @@ class Manifest(_Strict):
     thresholds: Thresholds
     default_task: Task
     tasks: tuple[Task, ...] = TASKS
-    precision: Literal["fp32", "fp16"] = "fp32"
+    precision: Literal["fp32", "fp16", "int8"] = "fp32"
     inputs: dict[str, TensorSpec]
     outputs: dict[str, TensorSpec]
     panoptic_area_columns: tuple[str, ...] = PANOPTIC_AREA_COLUMNS

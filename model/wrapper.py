@@ -19,11 +19,15 @@ class ServingMaskFormer(nn.Module):
 
     input_names = ("pixel_values", "image_sizes", "score_threshold", "mask_threshold")
 
-    def __init__(self, hf_model: MaskFormerForInstanceSegmentation) -> None:
+    def __init__(self, hf_model: MaskFormerForInstanceSegmentation, body_dtype: torch.dtype = torch.float32) -> None:
+        """``body_dtype`` float16 runs everything up to the mask embeddings in half precision
+        (pass a copy: the modules are converted in place); the fused head always computes
+        in float32, since it takes argmaxes and compares against thresholds."""
         super().__init__()
-        self.body = hf_model.model
-        self.class_predictor = hf_model.class_predictor
-        self.mask_embedder = hf_model.mask_embedder
+        self.body_dtype = body_dtype
+        self.body = hf_model.model.to(body_dtype)
+        self.class_predictor = hf_model.class_predictor.to(body_dtype)
+        self.mask_embedder = hf_model.mask_embedder.to(body_dtype)
         self.head = FusedMaskHead()
         self.eval()
 
@@ -37,13 +41,13 @@ class ServingMaskFormer(nn.Module):
         """Args: ``pixel_values (B, 3, H, W)`` float32, normalized, H and W multiples of 32;
         ``image_sizes (B, 2)`` int64; ``score_threshold (B,)`` and ``mask_threshold (B,)``
         float32. Returns the outputs listed in ``maskserve.bundle.OUTPUTS``."""
-        outputs = self.body(pixel_values, return_dict=True)
+        outputs = self.body(pixel_values.to(self.body_dtype), return_dict=True)
         queries = outputs.transformer_decoder_last_hidden_state  # (B, Q, C)
         pixel_embeddings = outputs.pixel_decoder_last_hidden_state  # (B, C, H/4, W/4)
         result: dict[str, Tensor] = self.head(
-            class_logits=self.class_predictor(queries),
-            mask_embeddings=self.mask_embedder(queries),
-            pixel_embeddings=pixel_embeddings,
+            class_logits=self.class_predictor(queries).float(),
+            mask_embeddings=self.mask_embedder(queries).float(),
+            pixel_embeddings=pixel_embeddings.float(),
             image_sizes=image_sizes,
             score_threshold=score_threshold,
             mask_threshold=mask_threshold,

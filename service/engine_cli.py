@@ -40,7 +40,7 @@ def main(args: argparse.Namespace) -> int:
         if batch[2] > bundle.manifest.max_batch:
             raise ValueError(f"--batch max {batch[2]} exceeds the bundle's max batch {bundle.manifest.max_batch}")
         installed = tensorrt_installed()
-        choose_backend("tensorrt", installed, visible_gpus() if installed else 0)
+        choose_backend("tensorrt", installed, visible_gpus() if installed else 0, bundle.manifest.precision)
     except (BundleError, BackendError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -30,9 +30,17 @@ def visible_gpus() -> int:
     return device_count()
 
 
-def choose_backend(requested: str, tensorrt_available: bool, gpus: int) -> str:
-    """``auto`` takes native TensorRT when it can run here; pinned choices must be runnable."""
+def choose_backend(requested: str, tensorrt_available: bool, gpus: int, precision: str = "fp32") -> str:
+    """``auto`` takes native TensorRT when it can run here; pinned choices must be runnable.
+
+    INT8 bundles hold ONNX Runtime's dynamic-quantization operators, which TensorRT does not
+    parse: they always run on ONNX Runtime (build engines from the fp32 bundle instead).
+    """
     if requested == "onnxruntime":
+        return "onnxruntime"
+    if precision == "int8":
+        if requested == "tensorrt":
+            raise BackendError("an int8 bundle runs on onnxruntime only; build TensorRT engines from an fp32 bundle")
         return "onnxruntime"
     if requested == "tensorrt":
         if not tensorrt_available:
@@ -58,7 +66,7 @@ def engine_cache_dir(settings: Settings, bundle: Bundle) -> Path:
 def load_backend(settings: Settings, bundle: Bundle, canvases: list[tuple[int, int]], max_batch: int) -> Backend:
     """Create the backend the settings ask for, building a TensorRT engine if none is cached."""
     installed = tensorrt_installed()
-    kind = choose_backend(settings.backend, installed, visible_gpus() if installed else 0)
+    kind = choose_backend(settings.backend, installed, visible_gpus() if installed else 0, bundle.manifest.precision)
     if kind == "onnxruntime":
         return OnnxRuntimeBackend(
             bundle.model_path,

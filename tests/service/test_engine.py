@@ -99,6 +99,12 @@ def test_backend_choice(requested: str, installed: bool, gpus: int, expected: st
         assert choose_backend(requested, installed, gpus) == expected
 
 
+def test_int8_bundles_stay_on_onnxruntime() -> None:
+    assert choose_backend("auto", True, 1, "int8") == "onnxruntime"
+    with pytest.raises(BackendError, match="fp32 bundle"):
+        choose_backend("tensorrt", True, 1, "int8")
+
+
 def test_provider_chain() -> None:
     available = ort.get_available_providers()
     assert provider_chain("auto", available)[-1] == "CPUExecutionProvider"
