@@ -4,6 +4,7 @@ the graph, then maskserve's host post-processing down to COCO RLE, decoded back 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -35,7 +36,7 @@ def bundle_predictor(bundle_dir: Path, rule: PanopticRule = PanopticRule.TRANSFO
         size = (image.shape[0], image.shape[1])
         valid = fit(size, canvas)
         resized = image if valid == size else np.asarray(Image.fromarray(image).resize((valid[1], valid[0])))
-        feeds = {
+        feeds: dict[str, npt.NDArray[Any]] = {
             "pixel_values": normalizer.into_canvas(resized, canvas)[None],
             "image_sizes": np.array([valid], np.int64),
             "score_threshold": np.array([thresholds.score], np.float32),
@@ -60,4 +61,5 @@ def bundle_predictor(bundle_dir: Path, rule: PanopticRule = PanopticRule.TRANSFO
 def _decode(rle: dict[str, object]) -> npt.NDArray[np.bool_]:
     counts = rle["counts"]
     assert isinstance(counts, str)
-    return coco_mask.decode({"size": rle["size"], "counts": counts.encode()}).astype(bool)
+    decoded: npt.NDArray[np.bool_] = coco_mask.decode({"size": rle["size"], "counts": counts.encode()}).astype(bool)
+    return decoded

@@ -28,6 +28,7 @@ from transformers import MaskFormerForInstanceSegmentation, MaskFormerImageProce
 
 from demo.architecture import build_model, demo_config
 from demo.data import IMAGENET_MEAN, IMAGENET_STD, TRAIN_SEED_START, Batch, SceneStream, collate
+from demo.scenes import LABELS
 
 SAVE_RESERVE_S = 10.0
 """Seconds kept back from the budget for saving the checkpoint."""
@@ -164,7 +165,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     model.to(device)  # type: ignore[arg-type]  # transformers types ``to`` for dtype casts only
     model.config.use_auxiliary_loss = args.aux_loss
     model.train()
-    dense = DenseHeads(model.config, len(model.config.id2label)).to(device) if args.dense_weight > 0 else None
+    num_labels = len(LABELS)
+    dense = DenseHeads(model.config, num_labels).to(device) if args.dense_weight > 0 else None
     parameters = [*model.parameters(), *(dense.parameters() if dense is not None else [])]
     optimizer = torch.optim.AdamW(parameters, lr=args.lr, weight_decay=args.weight_decay)
     loader = DataLoader(
