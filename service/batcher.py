@@ -10,6 +10,7 @@ its own slice of the outputs, or the batch's exception. As in Ray Serve's ``_Bat
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import time
 from collections import deque
@@ -24,6 +25,8 @@ import numpy.typing as npt
 from service.backends.base import Backend
 from service.errors import DeadlineExceeded, Draining, InferenceFailed, QueueFull
 from service.metrics import Metrics
+
+log = logging.getLogger("maskserve")
 
 
 @dataclass(eq=False)
@@ -153,7 +156,13 @@ class Batcher:
                     break
             jobs = self._take(queue)
             if jobs:
-                await self._run(jobs)
+                try:
+                    await self._run(jobs)
+                except Exception as exc:  # a bug here must not stop batching for everyone
+                    log.exception("batch handling failed")
+                    for job in jobs:
+                        if not job.future.done():
+                            job.future.set_exception(InferenceFailed(f"batch handling failed: {exc}"))
 
     def _take(self, queue: deque[Job]) -> list[Job]:
         jobs: list[Job] = []
