@@ -76,7 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def model_card(training: dict[str, object], evaluation: str, side: int) -> str:
     options = training.get("options", {})
     assert isinstance(options, dict)
-    command = " ".join(str(part) for part in training.get("command", []))  # type: ignore[attr-defined]
+    parts = [str(part) for part in training.get("command", [])]  # type: ignore[attr-defined]
+    command = " ".join(["python", *parts[1:]])  # the interpreter's path is this machine's
     classes = "\n".join(
         f"| {label} | {name} | {'thing' if label in THING_IDS else 'stuff'} |" for label, name in LABELS.items()
     )

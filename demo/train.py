@@ -72,6 +72,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="weight of the training-only per-pixel class loss on the pixel embeddings and the last "
         "backbone stage (0 disables); see DenseHeads",
     )
+    parser.add_argument(
+        "--init-from",
+        type=Path,
+        help="continue from this checkpoint's weights (a new optimizer and schedule; --queries and --depths "
+        "must match it)",
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     parser.add_argument("--workers", type=int, default=1, help="DataLoader processes generating scenes")
     parser.add_argument("--device", default="cpu")
@@ -162,6 +168,9 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     model = build_model(demo_config(args.queries, tuple(args.depths)), args.seed)
+    if args.init_from is not None:
+        trained = MaskFormerForInstanceSegmentation.from_pretrained(args.init_from)
+        model.load_state_dict(trained.state_dict())
     model.to(device)  # type: ignore[arg-type]  # transformers types ``to`` for dtype casts only
     model.config.use_auxiliary_loss = args.aux_loss
     model.train()
