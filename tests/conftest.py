@@ -23,11 +23,12 @@ def _gpu_ready() -> str | None:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     run_slow = os.environ.get("MASKSERVE_SLOW") == "1"
-    gpu_missing = _gpu_ready() if any("gpu" in item.keywords for item in items) else None
+    # Markers, not keywords: a parametrized id such as test_overlay[gpu] is a keyword too.
+    gpu_missing = _gpu_ready() if any(item.get_closest_marker("gpu") for item in items) else None
     for item in items:
-        if "slow" in item.keywords and not run_slow:
+        if item.get_closest_marker("slow") and not run_slow:
             item.add_marker(pytest.mark.skip(reason="slow: set MASKSERVE_SLOW=1 to run"))
-        if "gpu" in item.keywords and gpu_missing:
+        if item.get_closest_marker("gpu") and gpu_missing:
             item.add_marker(pytest.mark.skip(reason=f"gpu: {gpu_missing}"))
 
 
