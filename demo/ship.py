@@ -18,6 +18,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from demo.scenes import LABELS, THING_IDS, generate_scene, save_example
 
@@ -43,12 +44,18 @@ def export(checkpoint: Path, out: Path, side: int, *extra: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trained", type=Path, required=True, help="output directory of demo.train")
+    parser.add_argument(
+        "--stage1", type=Path, help="when --trained continued another run (--init-from), that run's directory"
+    )
     parser.add_argument("--images", type=int, default=200)
     args = parser.parse_args(argv)
 
     CHECKPOINT.mkdir(parents=True, exist_ok=True)
     for name in CHECKPOINT_FILES:
         shutil.copy2(args.trained / name, CHECKPOINT / name)
+    stages = [json.loads((args.stage1 / "training.json").read_text())] if args.stage1 else []
+    if args.stage1:
+        shutil.copy2(args.stage1 / "training.json", CHECKPOINT / "training-stage1.json")
     side = int(json.loads((CHECKPOINT / "preprocessor_config.json").read_text())["size"]["height"])
     export(CHECKPOINT, BUNDLE, side)
     int8 = ROOT / ".bench" / "shapes-int8"
@@ -67,17 +74,31 @@ def main(argv: Sequence[str] | None = None) -> int:
              "--images", str(args.images)]
         ) == 0  # fmt: skip
     training = json.loads((CHECKPOINT / "training.json").read_text())
-    CARD.write_text(model_card(training, table.getvalue(), side))
+    CARD.write_text(model_card([*stages, training], table.getvalue(), side))
     print(table.getvalue())
     print(f"wrote {CHECKPOINT}, {BUNDLE}, {EXAMPLES} and {CARD}; targets {'met' if met else 'NOT met'}")
     return 0 if met else 1
 
 
-def model_card(training: dict[str, object], evaluation: str, side: int) -> str:
-    options = training.get("options", {})
-    assert isinstance(options, dict)
-    parts = [str(part) for part in training.get("command", [])]  # type: ignore[attr-defined]
-    command = " ".join(["python", *parts[1:]])  # the interpreter's path is this machine's
+def _run_lines(training: dict[str, Any]) -> str:
+    options = training["options"]
+    command = " ".join(["python", *[str(part) for part in training["command"][1:]]])  # not this machine's path
+    return (
+        f"```\n{command}\n```\n\n- seed {training['seed']}, {training['steps']} steps of batch {options['batch']} in "
+        f"{training['wall_time_s']} s of wall time on this project's 2-core CPU machine; final loss "
+        f"{training['final_loss']}."
+    )
+
+
+def model_card(runs: list[dict[str, Any]], evaluation: str, side: int) -> str:
+    training = runs[-1]
+    options = training["options"]
+    steps = sum(run["steps"] for run in runs)
+    minutes = sum(run["wall_time_s"] for run in runs) / 60
+    history = "\n\n".join(
+        f"Run {index} of {len(runs)}{f' (continues run {index - 1})' if index > 1 else ''}:\n\n{_run_lines(run)}"
+        for index, run in enumerate(runs, start=1)
+    )
     classes = "\n".join(
         f"| {label} | {name} | {'thing' if label in THING_IDS else 'stuff'} |" for label, name in LABELS.items()
     )
@@ -106,13 +127,10 @@ The exported bundle letterboxes any image into {side}x{side}, {side - 32}x{side}
 
 ## Training
 
-```
-{command}
-```
+{steps} steps in {minutes:.0f} minutes of CPU time in all.
 
-- seed {training.get("seed")}, {training.get("steps")} steps of batch {options.get("batch")} in
-  {training.get("wall_time_s")} s of wall time on this project's 2-core CPU machine; final loss
-  {training.get("final_loss")}.
+{history}
+
 - Loss: transformers' built-in Hungarian-matching loss (cross-entropy, mask, dice), on every
   decoder layer, plus a training-only per-pixel class loss on the pixel embeddings and the last
   backbone stage (`DenseHeads` in `demo/train.py`, weight {options.get("dense_weight")}); those heads
