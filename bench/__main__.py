@@ -34,14 +34,25 @@ def _images(size: tuple[int, int], count: int) -> list[Image.Image]:
 
 
 def _model_section(
-    name: str, checkpoint: str, bundle: str, side: int, params: dict[str, float], args: argparse.Namespace
+    name: str,
+    checkpoint: str,
+    bundle: str,
+    side: int,
+    params: dict[str, float],
+    args: argparse.Namespace,
+    int8_bundle: str | None = None,
 ) -> ModelSection:
     from bench.flops import model_gflops
     from maskserve.bundle import Bundle
 
     manifest = Bundle.load(bundle).manifest
     stuff = {label.id for label in manifest.labels if not label.isthing}
-    runners = [TransformersRunner(checkpoint, side, stuff, params), MaskserveRunner(bundle, side, params)]
+    runners: list[TransformersRunner | MaskserveRunner] = [
+        TransformersRunner(checkpoint, side, stuff, params),
+        MaskserveRunner(bundle, side, params),
+    ]
+    if int8_bundle is not None:
+        runners.append(MaskserveRunner(int8_bundle, side, params, name="maskserve-int8"))
     section = ModelSection(name=name, canvas_side=side, gflops=model_gflops(runners[0].model, (side, side)))
     for size in args.sizes:
         for batch in args.batches:
@@ -97,12 +108,21 @@ def _prepare_models(args: argparse.Namespace) -> list[tuple[str, str, str, int, 
         run_export(
             ExportOptions(model=str(checkpoint), out=bundle, force=True), log=lambda m: print(m, file=sys.stderr)
         )
+    int8 = cache / "swin-tiny-ade-int8"
+    if not (int8 / "bundle.json").is_file():
+        run_export(
+            ExportOptions(model=str(checkpoint), out=int8, int8=True, force=True),
+            log=lambda m: print(m, file=sys.stderr),
+        )
     # Random weights: scores are near 1/151, so every query is kept (threshold 0).
     models = [("Swin-T/ADE architecture (random weights)", str(checkpoint), str(bundle), 512, {
         "threshold": 0.0, "mask_threshold": 0.5, "overlap_threshold": 0.8})]  # fmt: skip
     demo_checkpoint, demo_bundle = ROOT / "demo" / "checkpoint", ROOT / "maskserve" / "assets" / "shapes"
     if (demo_checkpoint / "config.json").is_file() and (demo_bundle / "bundle.json").is_file():
-        models.append(("demo (shapes, trained)", str(demo_checkpoint), str(demo_bundle), 256, {
+        from maskserve.bundle import Bundle
+
+        side = Bundle.load(demo_bundle).manifest.canvas.height  # the size it was trained at
+        models.append(("demo (shapes, trained)", str(demo_checkpoint), str(demo_bundle), side, {
             "threshold": 0.5, "mask_threshold": 0.5, "overlap_threshold": 0.8}))  # fmt: skip
     return models
 
@@ -133,9 +153,10 @@ def main(argv: list[str] | None = None) -> int:
         command="python -m bench" + (" --quick" if args.quick else ""),
     )
     models = _prepare_models(args)
-    for name, checkpoint, bundle, side, params in models:
+    for index, (name, checkpoint, bundle, side, params) in enumerate(models):
         print(f"model level: {name}", file=sys.stderr)
-        report.models.append(_model_section(name, checkpoint, bundle, side, params, args))
+        int8 = str(ROOT / ".bench" / "swin-tiny-ade-int8") if index == 0 and not args.checkpoint else None
+        report.models.append(_model_section(name, checkpoint, bundle, side, params, args, int8))
     name, _, bundle, side, _ = models[0]
     print(f"service level: {name}", file=sys.stderr)
     report.service = _service_section(bundle, side, args)

@@ -109,9 +109,10 @@ class TransformersRunner:
 class MaskserveRunner:
     """The bundle through ONNX Runtime (staged on CPU) plus maskserve's host path."""
 
-    name = "maskserve"
-
-    def __init__(self, bundle_dir: str, side: int, params: dict[str, float], intra_op_threads: int = 0) -> None:
+    def __init__(
+        self, bundle_dir: str, side: int, params: dict[str, float], intra_op_threads: int = 0, name: str = "maskserve"
+    ) -> None:
+        self.name = name
         self.bundle = Bundle.load(bundle_dir)
         self.backend = OnnxRuntimeBackend(
             self.bundle.model_path, self.bundle.manifest.max_batch, "cpu", intra_op_threads=intra_op_threads
