@@ -210,13 +210,20 @@ async def model_info(runtime: RuntimeDep) -> ModelResponse:
     )
 
 
-def _live(runtime: Runtime) -> JSONResponse:
+_PROBE: dict[str, Any] = {"response_model": HealthResponse, "responses": {503: {"model": ErrorResponse}}}
+
+
+@router.get("/healthz", summary="Liveness: the process answers", **_PROBE)
+@router.get("/v2/health/live", summary="Liveness (the KServe/Triton path)", **_PROBE)
+async def live(runtime: RuntimeDep) -> JSONResponse:
     if runtime.state is State.FAILED:
         return JSONResponse(error_body("failed", f"model failed to load: {runtime.failure}"), status_code=503)
     return JSONResponse({"status": "ok"})
 
 
-def _ready(runtime: Runtime) -> JSONResponse:
+@router.get("/readyz", summary="Readiness: loaded, warmed, not draining", **_PROBE)
+@router.get("/v2/health/ready", summary="Readiness (the KServe/Triton path)", **_PROBE)
+async def ready(runtime: RuntimeDep) -> JSONResponse:
     if runtime.ready:
         return JSONResponse({"status": "ready"})
     message = {
@@ -225,29 +232,6 @@ def _ready(runtime: Runtime) -> JSONResponse:
         State.FAILED: f"model failed to load: {runtime.failure}",
     }[runtime.state]
     return JSONResponse(error_body(runtime.state.value, message), status_code=503)
-
-
-_PROBE = {"response_model": HealthResponse, "responses": {503: {"model": ErrorResponse}}}
-
-
-@router.get("/healthz", summary="Liveness: the process answers", **_PROBE)  # type: ignore[arg-type]
-async def healthz(runtime: RuntimeDep) -> JSONResponse:
-    return _live(runtime)
-
-
-@router.get("/v2/health/live", summary="Liveness (KServe/Triton path)", **_PROBE)  # type: ignore[arg-type]
-async def live(runtime: RuntimeDep) -> JSONResponse:
-    return _live(runtime)
-
-
-@router.get("/readyz", summary="Readiness: loaded, warmed, not draining", **_PROBE)  # type: ignore[arg-type]
-async def readyz(runtime: RuntimeDep) -> JSONResponse:
-    return _ready(runtime)
-
-
-@router.get("/v2/health/ready", summary="Readiness (KServe/Triton path)", **_PROBE)  # type: ignore[arg-type]
-async def ready(runtime: RuntimeDep) -> JSONResponse:
-    return _ready(runtime)
 
 
 @router.get("/metrics", summary="Prometheus metrics", include_in_schema=False)
