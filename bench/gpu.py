@@ -36,12 +36,10 @@ def _time(fn: Callable[[], object], repeats: int, sync: Callable[[], None] = lam
 
 
 def _feeds(batch: int) -> dict[str, np.ndarray]:
-    return {
-        "pixel_values": np.random.default_rng(0).standard_normal((batch, 3, *CANVAS)).astype(np.float32),
-        "image_sizes": np.array([CANVAS] * batch, np.int64),
-        "score_threshold": np.full(batch, 0.5, np.float32),
-        "mask_threshold": np.full(batch, 0.5, np.float32),
-    }
+    from service.backends.base import graph_feeds
+
+    pixels = np.random.default_rng(0).standard_normal((batch, 3, *CANVAS)).astype(np.float32)
+    return graph_feeds(pixels, [CANVAS] * batch, 0.5, 0.5)
 
 
 def torch_eager(checkpoint: Path, batch: int, repeats: int) -> float:

@@ -17,6 +17,7 @@ from transformers import MaskFormerForInstanceSegmentation, MaskFormerImageProce
 
 from maskserve.bundle import TASK_OUTPUTS, Bundle
 from service.backends import OnnxRuntimeBackend
+from service.backends.base import graph_feeds
 from service.postprocess import Letterbox, TaskParams, encode, plan
 from service.preprocess import Normalizer, fit
 
@@ -149,13 +150,7 @@ class MaskserveRunner:
             resized = image.resize((valid[1], valid[0]), Image.Resampling.BILINEAR)
             pixels.append(self.normalizer.into_canvas(np.asarray(resized, dtype=np.uint8), canvas))
             boxes.append(Letterbox(canvas=canvas, valid=valid, original=(image.height, image.width)))
-        batch = len(images)
-        feeds = {
-            "pixel_values": np.stack(pixels),
-            "image_sizes": np.array([box.valid for box in boxes], np.int64),
-            "score_threshold": np.full(batch, params.threshold, np.float32),
-            "mask_threshold": np.full(batch, params.mask_threshold, np.float32),
-        }
+        feeds = graph_feeds(np.stack(pixels), [box.valid for box in boxes], params.threshold, params.mask_threshold)
         return feeds, boxes
 
 

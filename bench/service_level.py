@@ -19,6 +19,7 @@ import numpy as np
 
 from maskserve.bundle import TASK_OUTPUTS, Bundle
 from service.backends import OnnxRuntimeBackend
+from service.backends.base import graph_feeds
 
 
 @dataclass(frozen=True)
@@ -127,12 +128,8 @@ def bare_throughput(bundle: Path, batch: int, canvas: tuple[int, int], task: str
 def _bare_child(bundle: Path, batch: int, canvas: tuple[int, int], task: str, seconds: float) -> float:
     manifest = Bundle.load(bundle).manifest
     backend = OnnxRuntimeBackend(Bundle.load(bundle).model_path, manifest.max_batch, "cpu")
-    feeds = {
-        "pixel_values": np.random.default_rng(0).standard_normal((batch, 3, *canvas)).astype(np.float32),
-        "image_sizes": np.array([canvas] * batch, np.int64),
-        "score_threshold": np.full(batch, manifest.thresholds.score, np.float32),
-        "mask_threshold": np.full(batch, manifest.thresholds.mask, np.float32),
-    }
+    pixels = np.random.default_rng(0).standard_normal((batch, 3, *canvas)).astype(np.float32)
+    feeds = graph_feeds(pixels, [canvas] * batch, manifest.thresholds.score, manifest.thresholds.mask)
     outputs = list(TASK_OUTPUTS[task])  # type: ignore[index]
     backend.run(feeds, outputs)
     images, started = 0, time.perf_counter()

@@ -4,7 +4,6 @@ the graph, then maskserve's host post-processing down to COCO RLE, decoded back 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -13,6 +12,7 @@ from pycocotools import mask as coco_mask
 from demo.evaluation import Prediction, Predictor
 from maskserve.bundle import TASK_OUTPUTS, Bundle
 from service.backends import OnnxRuntimeBackend
+from service.backends.base import graph_feeds
 from service.postprocess import Letterbox, PanopticRule, TaskParams, postprocess
 from service.preprocess import Normalizer, fit
 
@@ -36,12 +36,8 @@ def bundle_predictor(bundle_dir: Path, rule: PanopticRule = PanopticRule.TRANSFO
         size = (image.shape[0], image.shape[1])
         valid = fit(size, canvas)
         resized = image if valid == size else np.asarray(Image.fromarray(image).resize((valid[1], valid[0])))
-        feeds: dict[str, npt.NDArray[Any]] = {
-            "pixel_values": normalizer.into_canvas(resized, canvas)[None],
-            "image_sizes": np.array([valid], np.int64),
-            "score_threshold": np.array([thresholds.score], np.float32),
-            "mask_threshold": np.array([thresholds.mask], np.float32),
-        }
+        pixels = normalizer.into_canvas(resized, canvas)[None]
+        feeds = graph_feeds(pixels, [valid], thresholds.score, thresholds.mask)
         result = {name: value[0] for name, value in backend.run(feeds, outputs).items()}
         box = Letterbox(canvas=canvas, valid=valid, original=size)
         semantic = np.full(size, IGNORE, np.int32)

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from service.backends.base import Backend
+from service.backends.base import Backend, graph_feeds
 from service.errors import DeadlineExceeded, Draining, InferenceFailed, QueueFull
 from service.metrics import Metrics
 
@@ -180,12 +180,12 @@ class Batcher:
         return jobs
 
     async def _run(self, jobs: list[Job]) -> None:
-        feeds: dict[str, npt.NDArray[Any]] = {
-            "pixel_values": np.stack([job.pixels for job in jobs]),
-            "image_sizes": np.array([job.image_size for job in jobs], dtype=np.int64),
-            "score_threshold": np.array([job.score_threshold for job in jobs], dtype=np.float32),
-            "mask_threshold": np.array([job.mask_threshold for job in jobs], dtype=np.float32),
-        }
+        feeds = graph_feeds(
+            np.stack([job.pixels for job in jobs]),
+            [job.image_size for job in jobs],
+            [job.score_threshold for job in jobs],
+            [job.mask_threshold for job in jobs],
+        )
         names = sorted({name for job in jobs for name in job.outputs})
         started = self.clock()
         try:

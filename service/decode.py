@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -51,21 +53,27 @@ def _unidentified(data: bytes) -> Exception:
     return UnsupportedMediaType(f"image format {name} is not supported (expected JPEG, PNG, WebP, BMP, TIFF or GIF)")
 
 
+@contextmanager
+def _pixel_data() -> Iterator[None]:
+    """Pillow's errors while decoding pixel data (truncated, corrupt) as InvalidImage."""
+    try:
+        yield
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise InvalidImage(f"the image data is corrupt or truncated: {exc}") from exc
+
+
 def to_rgb(image: Image.Image, draft_size: tuple[int, int] | None = None) -> Image.Image:
     """Decode fully, apply EXIF orientation, convert any mode to 8-bit RGB.
 
     ``draft_size`` (w, h) lets JPEG decode at a reduced scale when the image will be shrunk to
     at least that size anyway; it is applied before the orientation, in stored coordinates.
     """
-    try:
+    with _pixel_data():
         if draft_size is not None and image.format == "JPEG":
             image.draft(image.mode, draft_size)  # size only: keep the colour decoding as stored
         image.seek(0)  # GIF/TIFF: the first frame
         image.load()
-        image = ImageOps.exif_transpose(image)
-        return _as_rgb(image)
-    except (OSError, ValueError, SyntaxError, EOFError) as exc:  # truncated or corrupt pixel data
-        raise InvalidImage(f"the image data is corrupt or truncated: {exc}") from exc
+        return _as_rgb(ImageOps.exif_transpose(image))
 
 
 def _as_rgb(image: Image.Image) -> Image.Image:
@@ -90,11 +98,8 @@ def _as_rgb(image: Image.Image) -> Image.Image:
 def original_size(image: Image.Image) -> tuple[int, int]:
     """(height, width) after EXIF orientation, read from the header without decoding."""
     width, height = image.size
-    try:
-        # PNG keeps EXIF after the pixel data, so this can decode (and find truncation) early.
+    with _pixel_data():  # PNG keeps EXIF after the pixel data: reading it can find truncation
         orientation = image.getexif().get(0x0112, 1)
-    except (OSError, ValueError, SyntaxError, EOFError) as exc:
-        raise InvalidImage(f"the image data is corrupt or truncated: {exc}") from exc
     if orientation in (5, 6, 7, 8):  # rotated by 90 or 270 degrees
         width, height = height, width
     return height, width

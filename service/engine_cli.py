@@ -60,8 +60,8 @@ def main(args: argparse.Namespace) -> int:
                 force=args.force,
             )
         )
-    except BackendError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except Exception as exc:  # a parse or build failure: one line, exit 1 (details were logged)
+        print(f"error: {(str(exc).splitlines() or [type(exc).__name__])[0]}", file=sys.stderr)
         return 1
     print(f"engine: {path}")
     print(json.dumps({"key": manifest.key.slug(), "verification": manifest.verification}, indent=2))

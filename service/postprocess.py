@@ -112,27 +112,32 @@ def plan(
 ) -> Plan:
     """The decisions: which segments exist, with which labels and scores, and their maps."""
     if params.task == "semantic":
-        return _semantic(outputs["semantic_map"], letterbox, isthing)
-    if params.task == "panoptic":
-        return _panoptic(outputs, letterbox, params, isthing, rule)
-    if params.task == "instance":
-        return _instance(outputs, letterbox, params, isthing)
-    raise ValueError(f"unknown task {params.task!r}")
+        decided = _semantic(outputs["semantic_map"], letterbox, isthing)
+    elif params.task == "panoptic":
+        decided = _panoptic(outputs, letterbox, params, isthing, rule)
+    elif params.task == "instance":
+        decided = _instance(outputs, letterbox, params, isthing)
+    else:
+        raise ValueError(f"unknown task {params.task!r}")
+    if params.label_ids is None:
+        return decided
+    wanted = [c for c in decided.candidates if c.label_id in params.label_ids]
+    return Plan(decided.height, decided.maps, wanted)
 
 
 def encode(plan: Plan, params: TaskParams) -> list[Segment]:
-    """COCO RLE for every candidate (one pass per map), then the area and label filters."""
+    """COCO RLE for every candidate (one pass per map), then the area filter."""
     encoded: list[EncodedMask | None] = [None] * len(plan.candidates)
     for source, flat in enumerate(plan.maps):
         members = [i for i, c in enumerate(plan.candidates) if c.source == source]
+        if not members:
+            continue
         masks = encode_label_map(flat, plan.height, [plan.candidates[i].value for i in members])
         for i, encoded_mask in zip(members, masks, strict=True):
             encoded[i] = encoded_mask
     segments: list[Segment] = []
     for candidate, mask in zip(plan.candidates, encoded, strict=True):
         if mask is None or mask.area == 0 or mask.area < params.min_area:
-            continue
-        if params.label_ids is not None and candidate.label_id not in params.label_ids:
             continue
         segments.append(Segment(len(segments) + 1, candidate.label_id, candidate.score, candidate.isthing, mask))
     return segments
@@ -232,8 +237,6 @@ def _instance(
     masks = outputs["instance_masks"]
     candidates = np.flatnonzero(scores >= np.float32(params.threshold))
     candidates = candidates[np.argsort(-scores[candidates], kind="stable")]
-    if params.label_ids is not None:
-        candidates = np.array([j for j in candidates if labels[j] in params.label_ids], dtype=np.intp)
     maps: list[npt.NDArray[Any]] = []
     found: list[Candidate] = []
     for j in candidates.tolist():

@@ -12,6 +12,7 @@ import numpy as np
 
 from maskserve.bundle import Bundle, BundleError
 from service.backends import Backend, load_backend
+from service.backends.base import graph_feeds
 from service.batcher import Batcher
 from service.metrics import Metrics
 from service.postprocess import PanopticRule
@@ -108,15 +109,8 @@ class Runtime:
         outputs = [name for name in OUTPUTS if name not in RAW_OUTPUTS]
         for height, width in self.canvases:
             for batch in range(1, self.max_batch + 1):
-                backend.run(
-                    {
-                        "pixel_values": np.zeros((batch, 3, height, width), dtype=np.float32),
-                        "image_sizes": np.array([[height, width]] * batch, dtype=np.int64),
-                        "score_threshold": np.full(batch, 0.5, dtype=np.float32),
-                        "mask_threshold": np.full(batch, 0.5, dtype=np.float32),
-                    },
-                    outputs,
-                )
+                pixels = np.zeros((batch, 3, height, width), dtype=np.float32)
+                backend.run(graph_feeds(pixels, [(height, width)] * batch, 0.5, 0.5), outputs)
 
     def enter(self) -> None:
         self.inflight += 1

@@ -3,10 +3,33 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
+
+
+def graph_feeds(
+    pixel_values: npt.ArrayLike,
+    image_sizes: npt.ArrayLike,
+    score_threshold: float | npt.ArrayLike,
+    mask_threshold: float | npt.ArrayLike,
+) -> dict[str, npt.NDArray[Any]]:
+    """The graph inputs (``maskserve.bundle.INPUTS``) for a batch, in the dtypes the graph takes.
+
+    Args:
+        pixel_values: ``(B, 3, H, W)`` normalized canvases.
+        image_sizes: ``(B, 2)`` valid (h, w) of each image inside the canvas, in pixels.
+        score_threshold, mask_threshold: one value for the batch, or ``(B,)``.
+    """
+    pixels = np.ascontiguousarray(pixel_values, dtype=np.float32)
+    batch = pixels.shape[0]
+    return {
+        "pixel_values": pixels,
+        "image_sizes": np.asarray(image_sizes, dtype=np.int64).reshape(batch, 2),
+        "score_threshold": np.broadcast_to(np.asarray(score_threshold, dtype=np.float32), (batch,)).copy(),
+        "mask_threshold": np.broadcast_to(np.asarray(mask_threshold, dtype=np.float32), (batch,)).copy(),
+    }
 
 
 class BackendError(Exception):

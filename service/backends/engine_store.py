@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from maskserve.bundle import OUTPUTS, RAW_OUTPUTS, Bundle
-from service.backends.base import Backend, BackendError
+from service.backends.base import Backend, BackendError, graph_feeds
 from service.backends.engine import (
     EngineManifest,
     Precision,
@@ -115,12 +115,8 @@ def compare_backends(
     ious: list[float] = []
     for height, width in canvases:
         batch = min(2, candidate.max_batch)
-        feeds: dict[str, np.ndarray[Any, Any]] = {
-            "pixel_values": rng.standard_normal((batch, 3, height, width)).astype(np.float32),
-            "image_sizes": np.array([[height, width]] * batch, dtype=np.int64),
-            "score_threshold": np.full(batch, 0.3, np.float32),
-            "mask_threshold": np.full(batch, 0.5, np.float32),
-        }
+        pixels = rng.standard_normal((batch, 3, height, width)).astype(np.float32)
+        feeds = graph_feeds(pixels, [(height, width)] * batch, 0.3, 0.5)
         got, want = candidate.run(feeds, outputs), reference.run(feeds, outputs)
         agreement.append(float((got["semantic_map"] == want["semantic_map"]).mean()))
         box = Letterbox(canvas=(height, width), valid=(height, width), original=(height, width))

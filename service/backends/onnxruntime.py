@@ -111,17 +111,21 @@ class OnnxRuntimeBackend:
         import onnx
         import onnx.utils
 
-        model = onnx.load(str(model_path))
+        extractor = onnx.utils.Extractor(onnx.load(str(model_path)))
         # The body takes every graph input: the exporter may read the batch size off any of them.
-        body = onnx.utils.Extractor(model).extract_model(list(INPUTS), list(RAW_OUTPUTS))
+        body = extractor.extract_model(list(INPUTS), list(RAW_OUTPUTS))
         heads = {
-            task: onnx.utils.Extractor(model).extract_model([*INPUTS, *RAW_OUTPUTS], list(names))
-            for task, names in TASK_OUTPUTS.items()
+            task: extractor.extract_model([*INPUTS, *RAW_OUTPUTS], list(names)) for task, names in TASK_OUTPUTS.items()
         }
-        del model
+        del extractor
         body_session = self._session(body.SerializeToString())
         del body
-        return body_session, {task: self._session(head.SerializeToString()) for task, head in heads.items()}
+        head_sessions: dict[str, ort.InferenceSession] = {
+            task: self._session(head.SerializeToString()) for task, head in heads.items()
+        }
+        self._inputs_of = {"body": [i.name for i in body_session.get_inputs()]}
+        self._inputs_of |= {task: [i.name for i in head.get_inputs()] for task, head in head_sessions.items()}
+        return body_session, head_sessions
 
     def run(
         self, feeds: Mapping[str, npt.NDArray[np.generic]], outputs: Sequence[str]
@@ -145,7 +149,7 @@ class OnnxRuntimeBackend:
     def _run_staged(
         self, feeds: Mapping[str, npt.NDArray[np.generic]], outputs: Sequence[str]
     ) -> dict[str, npt.NDArray[np.generic]]:
-        body_feeds = {i.name: feeds[i.name] for i in self._body.get_inputs()}
+        body_feeds = {name: feeds[name] for name in self._inputs_of["body"]}
         raw = dict(zip(RAW_OUTPUTS, self._body.run(list(RAW_OUTPUTS), body_feeds), strict=True))
         results: dict[str, npt.NDArray[np.generic]] = {name: raw[name] for name in outputs if name in raw}
         available = {**feeds, **raw}
@@ -154,7 +158,7 @@ class OnnxRuntimeBackend:
             if not wanted:
                 continue
             head = self._heads[task]
-            head_feeds = {i.name: available[i.name] for i in head.get_inputs()}
+            head_feeds = {name: available[name] for name in self._inputs_of[task]}
             results.update(zip(wanted, head.run(wanted, head_feeds), strict=True))
         return results
 
