@@ -297,7 +297,9 @@ def _raw_post(port: int, data: bytes) -> socket.socket:
 
 def test_client_disconnect_drops_queued_work(swin_bundle: Path) -> None:
     data = images.png(300, 300)
-    with running_server(swin_bundle, max_batch_size=1, canvases="1024x1024", max_delay_ms=0) as (url, _):
+    # 2048x2048 keeps the first request running for about 0.6 s, well past the 0.4 s in which
+    # the other three arrive and leave (at 1024x1024 it could finish first and let one of them start).
+    with running_server(swin_bundle, max_batch_size=1, canvases="2048x2048", max_delay_ms=0) as (url, _):
         port = int(url.rsplit(":", 1)[1])
 
         async def scenario() -> list[httpx.Response]:
