@@ -1,7 +1,7 @@
 """Ship a trained demo checkpoint: copy it into the repo, export the embedded bundle, render the
 example images, and write the model card from a fresh evaluation.
 
-    python -m demo.ship --trained DIR [--images 200]
+    python -m demo.ship --trained DIR [--earlier DIR ...] [--images 200]
 
 Writes ``demo/checkpoint/`` (transformers format), ``maskserve/assets/shapes/`` (the bundle that
 ``maskserve serve`` serves by default), ``examples/scene-*.png`` and ``demo/MODEL_CARD.md``.
@@ -45,7 +45,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trained", type=Path, required=True, help="output directory of demo.train")
     parser.add_argument(
-        "--stage1", type=Path, help="when --trained continued another run (--init-from), that run's directory"
+        "--earlier",
+        type=Path,
+        action="append",
+        default=[],
+        help="when --trained continued other runs (--init-from), their directories, oldest first",
     )
     parser.add_argument("--images", type=int, default=200)
     args = parser.parse_args(argv)
@@ -53,9 +57,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     CHECKPOINT.mkdir(parents=True, exist_ok=True)
     for name in CHECKPOINT_FILES:
         shutil.copy2(args.trained / name, CHECKPOINT / name)
-    stages = [json.loads((args.stage1 / "training.json").read_text())] if args.stage1 else []
-    if args.stage1:
-        shutil.copy2(args.stage1 / "training.json", CHECKPOINT / "training-stage1.json")
+    for stale in CHECKPOINT.glob("training-*.json"):
+        stale.unlink()
+    stages = [json.loads((earlier / "training.json").read_text()) for earlier in args.earlier]
+    for index, earlier in enumerate(args.earlier, start=1):
+        shutil.copy2(earlier / "training.json", CHECKPOINT / f"training-run{index}.json")
     side = int(json.loads((CHECKPOINT / "preprocessor_config.json").read_text())["size"]["height"])
     export(CHECKPOINT, BUNDLE, side)
     int8 = ROOT / ".bench" / "shapes-int8"
@@ -149,7 +155,8 @@ cases). The int8 row is `maskserve export --int8` of the same checkpoint.
 
 ## Files
 
-- `demo/checkpoint/`: `config.json`, `model.safetensors`, `preprocessor_config.json`, `training.json`.
+- `demo/checkpoint/`: `config.json`, `model.safetensors`, `preprocessor_config.json`, `training.json`
+  (the last run), `training-run*.json` (the runs it continued).
 - `maskserve/assets/shapes/`: the bundle (`bundle.json`, `model.onnx`), re-exported from the
   checkpoint by `python -m demo.ship`; a test re-exports it and checks the outputs match.
 - `examples/scene-*.png`: held-out scenes (seeds {", ".join(map(str, EXAMPLE_SEEDS))}) at {EXAMPLE_SIZE}x{EXAMPLE_SIZE}.

@@ -78,11 +78,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="continue from this checkpoint's weights (a new optimizer and schedule; --queries and --depths "
         "must match it)",
     )
+    parser.add_argument(
+        "--first-scene",
+        type=int,
+        default=TRAIN_SEED_START,
+        help="seed of the first training scene (a run that continues another can start past the scenes it saw)",
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     parser.add_argument("--workers", type=int, default=1, help="DataLoader processes generating scenes")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--log-every", type=int, default=25)
     args = parser.parse_args(argv)
+    if args.first_scene < TRAIN_SEED_START:
+        parser.error(f"--first-scene must be at least {TRAIN_SEED_START}: lower seeds are evaluation scenes")
     if args.size % 32:
         parser.error("--size must be a multiple of 32 (the backbone's stride)")
     return args
@@ -179,7 +187,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     parameters = [*model.parameters(), *(dense.parameters() if dense is not None else [])]
     optimizer = torch.optim.AdamW(parameters, lr=args.lr, weight_decay=args.weight_decay)
     loader = DataLoader(
-        SceneStream(args.size),
+        SceneStream(args.size, args.first_scene),
         batch_size=args.batch,
         collate_fn=collate,
         num_workers=args.workers,
@@ -260,7 +268,7 @@ def save(model: MaskFormerForInstanceSegmentation, args: argparse.Namespace, rec
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
-    print(f"training seeds from {TRAIN_SEED_START}, size {args.size}, batch {args.batch}, lr {args.lr}", flush=True)
+    print(f"training seeds from {args.first_scene}, size {args.size}, batch {args.batch}, lr {args.lr}", flush=True)
     result = train(args)
     model = result.pop("model")
     save(model, args, result)

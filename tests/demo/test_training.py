@@ -8,10 +8,10 @@ import torch
 from transformers import MaskFormerImageProcessor
 from transformers.models.maskformer.modeling_maskformer import MaskFormerForInstanceSegmentationOutput
 
-from demo.data import normalize, scene_example
+from demo.data import TRAIN_SEED_START, normalize, scene_example
 from demo.evaluate_torch import PANOPTIC_PARAMS, stuff_queries_last
 from demo.scenes import SKY, STUFF_IDS, generate_scene
-from demo.train import MIN_LR_FRACTION, lr_factor
+from demo.train import MIN_LR_FRACTION, lr_factor, parse_args
 
 
 def test_normalize_is_the_imagenet_formula_channels_first() -> None:
@@ -62,3 +62,11 @@ def test_stuff_queries_last_keeps_segment_ids_unique() -> None:
     assert segments(raw) == [(1, SKY), (2, 0), (2, 1)]
     # Reordered, the things get ids 1 and 2 and both sky queries fuse into id 3.
     assert segments(stuff_queries_last(class_logits, mask_logits)) == [(1, 0), (2, 1), (3, SKY)]
+
+
+def test_training_never_starts_on_evaluation_scenes(capsys: pytest.CaptureFixture[str]) -> None:
+    assert parse_args(["--out", "x", "--first-scene", str(TRAIN_SEED_START + 100_000)]).first_scene == 1_100_000
+    with pytest.raises(SystemExit) as exited:
+        parse_args(["--out", "x", "--first-scene", "150"])
+    assert exited.value.code == 2
+    assert "evaluation scenes" in capsys.readouterr().err
