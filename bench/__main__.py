@@ -13,6 +13,7 @@ import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import NamedTuple
 
 from PIL import Image
 
@@ -85,12 +86,21 @@ def _service_section(bundle: str, side: int, args: argparse.Namespace) -> Servic
     return section
 
 
-def _prepare_models(args: argparse.Namespace) -> list[tuple[str, str, str, int, dict[str, float]]]:
+class BenchModel(NamedTuple):
+    name: str
+    checkpoint: str
+    bundle: str
+    side: int
+    params: dict[str, float]
+    int8_bundle: str | None = None  # measured as a third runner beside the fp32 bundle
+
+
+def _prepare_models(args: argparse.Namespace) -> list[BenchModel]:
     """(name, checkpoint, bundle, canvas side, thresholds) for each model to benchmark."""
     if args.checkpoint and args.bundle:
         side = args.side or 128
         return [
-            (
+            BenchModel(
                 "given",
                 args.checkpoint,
                 args.bundle,
@@ -115,14 +125,14 @@ def _prepare_models(args: argparse.Namespace) -> list[tuple[str, str, str, int, 
             log=lambda m: print(m, file=sys.stderr),
         )
     # Random weights: scores are near 1/151, so every query is kept (threshold 0).
-    models = [("Swin-T/ADE architecture (random weights)", str(checkpoint), str(bundle), 512, {
-        "threshold": 0.0, "mask_threshold": 0.5, "overlap_threshold": 0.8})]  # fmt: skip
+    models = [BenchModel("Swin-T/ADE architecture (random weights)", str(checkpoint), str(bundle), 512, {
+        "threshold": 0.0, "mask_threshold": 0.5, "overlap_threshold": 0.8}, str(int8))]  # fmt: skip
     demo_checkpoint, demo_bundle = ROOT / "demo" / "checkpoint", ROOT / "maskserve" / "assets" / "shapes"
     if (demo_checkpoint / "config.json").is_file() and (demo_bundle / "bundle.json").is_file():
         from maskserve.bundle import Bundle
 
         side = Bundle.load(demo_bundle).manifest.canvas.height  # the size it was trained at
-        models.append(("demo (shapes, trained)", str(demo_checkpoint), str(demo_bundle), side, {
+        models.append(BenchModel("demo (shapes, trained)", str(demo_checkpoint), str(demo_bundle), side, {
             "threshold": 0.5, "mask_threshold": 0.5, "overlap_threshold": 0.8}))  # fmt: skip
     return models
 
@@ -153,14 +163,17 @@ def main(argv: list[str] | None = None) -> int:
         command="python -m bench" + (" --quick" if args.quick else ""),
     )
     models = _prepare_models(args)
-    for index, (name, checkpoint, bundle, side, params) in enumerate(models):
-        print(f"model level: {name}", file=sys.stderr)
-        int8 = str(ROOT / ".bench" / "swin-tiny-ade-int8") if index == 0 and not args.checkpoint else None
-        report.models.append(_model_section(name, checkpoint, bundle, side, params, args, int8))
-    name, _, bundle, side, _ = models[0]
-    print(f"service level: {name}", file=sys.stderr)
-    report.service = _service_section(bundle, side, args)
-    report.service.model = name
+    for model in models:
+        print(f"model level: {model.name}", file=sys.stderr)
+        report.models.append(
+            _model_section(
+                model.name, model.checkpoint, model.bundle, model.side, model.params, args, model.int8_bundle
+            )
+        )
+    main_model = models[0]
+    print(f"service level: {main_model.name}", file=sys.stderr)
+    report.service = _service_section(main_model.bundle, main_model.side, args)
+    report.service.model = main_model.name
     report.seconds = time.perf_counter() - started
     changes = ROOT / "bench" / "changes.md"
     text = report.render(changes.read_text() if changes.is_file() and not args.quick else "")

@@ -11,10 +11,12 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from demo.scenes import Scene, generate_scene
+from export.metadata import IMAGENET_MEAN, IMAGENET_STD
+from maskserve.bundle import Normalization
+from service.preprocess import Normalizer
 
-# ImageNet statistics, the MaskFormerImageProcessor defaults the server reproduces.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGENET_NORMALIZER = Normalizer(Normalization(mean=IMAGENET_MEAN, std=IMAGENET_STD))
+"""The server's own normalizer with MaskFormerImageProcessor's defaults: trained as served."""
 
 TRAIN_SEED_START = 1_000_000
 """Training seeds count up from here; evaluation uses seeds 0..N-1, so the two never meet."""
@@ -27,10 +29,7 @@ Batch = tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]
 
 def normalize(image: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
     """``(uint8 / 255 - mean) / std``, channels first: (H, W, 3) uint8 -> (3, H, W) float32."""
-    mean = np.array(IMAGENET_MEAN, dtype=np.float32)
-    std = np.array(IMAGENET_STD, dtype=np.float32)
-    pixels = (image.astype(np.float32) / np.float32(255.0) - mean) / std
-    return np.ascontiguousarray(pixels.transpose(2, 0, 1))
+    return IMAGENET_NORMALIZER.into_canvas(image, (image.shape[0], image.shape[1]))
 
 
 def scene_example(scene: Scene) -> Example:

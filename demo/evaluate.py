@@ -12,8 +12,8 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
+from demo.arguments import bundle_dir, checkpoint_dir, labelled_bundle
 from demo.evaluate_bundle import bundle_predictor
 from demo.evaluate_torch import torch_predictor
 from demo.evaluation import EVAL_SEEDS, Report, evaluate, markdown_table
@@ -30,9 +30,11 @@ def summary_row(name: str, report: Report) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", type=Path, required=True)
-    parser.add_argument("--bundle", type=Path, required=True)
-    parser.add_argument("--extra-bundle", action="append", default=[], metavar="LABEL=DIR", help="e.g. int8=DIR")
+    parser.add_argument("--checkpoint", type=checkpoint_dir, required=True)
+    parser.add_argument("--bundle", type=bundle_dir, required=True)
+    parser.add_argument(
+        "--extra-bundle", type=labelled_bundle, action="append", default=[], metavar="LABEL=DIR", help="e.g. int8=DIR"
+    )
     parser.add_argument("--images", type=int, default=len(EVAL_SEEDS))
     args = parser.parse_args(argv)
     seeds = range(args.images)
@@ -42,9 +44,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for rule in (PanopticRule.TRANSFORMERS, PanopticRule.PAPER):
         predict, side = bundle_predictor(args.bundle, rule)
         reports[f"bundle + maskserve host ({rule.value} rule)"] = evaluate(predict, seeds, side)
-    for item in args.extra_bundle:
-        label, _, path = item.partition("=")
-        predict, side = bundle_predictor(Path(path), PanopticRule.TRANSFORMERS)
+    for label, path in args.extra_bundle:
+        predict, side = bundle_predictor(path, PanopticRule.TRANSFORMERS)
         reports[f"{label} bundle ({PanopticRule.TRANSFORMERS.value} rule)"] = evaluate(predict, seeds, side)
 
     print(f"Held-out scenes: seeds 0..{args.images - 1} at {size}x{size}.\n")

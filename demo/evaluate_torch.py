@@ -15,6 +15,7 @@ import torch
 from transformers import MaskFormerForInstanceSegmentation, MaskFormerImageProcessor
 from transformers.models.maskformer.modeling_maskformer import MaskFormerForInstanceSegmentationOutput
 
+from demo.arguments import checkpoint_dir
 from demo.data import normalize
 from demo.evaluation import Prediction, Predictor, evaluate, markdown_table
 from demo.scenes import STUFF_IDS
@@ -84,7 +85,7 @@ def torch_predictor(checkpoint: Path, device: str = "cpu") -> tuple[Predictor, i
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", type=Path, required=True)
+    parser.add_argument("--checkpoint", type=checkpoint_dir, required=True)
     parser.add_argument("--images", type=int, default=200, help="evaluate on seeds 0..N-1")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)

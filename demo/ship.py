@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from demo.arguments import training_run
 from demo.scenes import LABELS, THING_IDS, generate_scene, save_example
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,21 +39,25 @@ def export(checkpoint: Path, out: Path, side: int, *extra: str) -> None:
     command += ["--thing-ids", *map(str, THING_IDS), "--name", "shapes", "--default-task", "panoptic", "--force"]
     for canvas in canvases:
         command += ["--canvas", canvas]
-    subprocess.run([*command, *extra], check=True)
+    if subprocess.run([*command, *extra], check=False).returncode != 0:
+        # The export CLI has already printed its one-line error or its verification table.
+        raise SystemExit(f"error: exporting {checkpoint} to {out} failed (see above)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--trained", type=Path, required=True, help="output directory of demo.train")
+    parser.add_argument("--trained", type=training_run, required=True, help="output directory of demo.train")
     parser.add_argument(
         "--earlier",
-        type=Path,
+        type=training_run,
         action="append",
         default=[],
         help="when --trained continued other runs (--init-from), their directories, oldest first",
     )
     parser.add_argument("--images", type=int, default=200)
     args = parser.parse_args(argv)
+    if args.trained == CHECKPOINT.resolve():
+        parser.error("--trained is demo/checkpoint itself: pass the demo.train output directory to ship")
 
     CHECKPOINT.mkdir(parents=True, exist_ok=True)
     for name in CHECKPOINT_FILES:

@@ -27,8 +27,10 @@ from torch.utils.data import DataLoader
 from transformers import MaskFormerForInstanceSegmentation, MaskFormerImageProcessor
 
 from demo.architecture import build_model, demo_config
-from demo.data import IMAGENET_MEAN, IMAGENET_STD, TRAIN_SEED_START, Batch, SceneStream, collate
+from demo.arguments import checkpoint_dir
+from demo.data import TRAIN_SEED_START, Batch, SceneStream, collate
 from demo.scenes import LABELS
+from export.metadata import IMAGENET_MEAN, IMAGENET_STD
 
 SAVE_RESERVE_S = 10.0
 """Seconds kept back from the budget for saving the checkpoint."""
@@ -74,7 +76,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--init-from",
-        type=Path,
+        type=checkpoint_dir,
         help="continue from this checkpoint's weights (a new optimizer and schedule; --queries and --depths "
         "must match it)",
     )
