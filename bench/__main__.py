@@ -96,7 +96,7 @@ class BenchModel(NamedTuple):
 
 
 def _prepare_models(args: argparse.Namespace) -> list[BenchModel]:
-    """(name, checkpoint, bundle, canvas side, thresholds) for each model to benchmark."""
+    """The models to benchmark; the first is also measured at service level."""
     if args.checkpoint and args.bundle:
         side = args.side or 128
         return [
