@@ -109,7 +109,7 @@ def _prepare_models(args: argparse.Namespace) -> list[BenchModel]:
             )
         ]
     from bench.checkpoints import save_swin_tiny_ade
-    from export.pipeline import ExportOptions, run_export
+    from maskserve.export.pipeline import ExportOptions, run_export
 
     cache = ROOT / ".bench"
     checkpoint = save_swin_tiny_ade(cache / "swin-tiny-ade")

@@ -6,7 +6,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import MaskFormerForInstanceSegmentation
 
-from model.wrapper import ServingMaskFormer
+from maskserve.model.wrapper import ServingMaskFormer
 
 
 def model_gflops(hf_model: MaskFormerForInstanceSegmentation, canvas: tuple[int, int]) -> float:

@@ -36,7 +36,7 @@ def _time(fn: Callable[[], object], repeats: int, sync: Callable[[], None] = lam
 
 
 def _feeds(batch: int) -> dict[str, np.ndarray]:
-    from service.backends.base import graph_feeds
+    from maskserve.service.backends.base import graph_feeds
 
     pixels = np.random.default_rng(0).standard_normal((batch, 3, *CANVAS)).astype(np.float32)
     return graph_feeds(pixels, [CANVAS] * batch, 0.5, 0.5)
@@ -54,7 +54,7 @@ def torch_eager(checkpoint: Path, batch: int, repeats: int) -> float:
 
 def onnxruntime_provider(bundle: Path, provider: str, batch: int, repeats: int, cache: Path) -> float:
     from maskserve.bundle import TASK_OUTPUTS, Bundle
-    from service.backends import OnnxRuntimeBackend
+    from maskserve.service.backends import OnnxRuntimeBackend
 
     backend = OnnxRuntimeBackend(Bundle.load(bundle).model_path, max_batch=32, provider=provider, engine_cache=cache)
     feeds = _feeds(batch)
@@ -63,7 +63,7 @@ def onnxruntime_provider(bundle: Path, provider: str, batch: int, repeats: int, 
 
 def native_tensorrt(engine: Path, batch: int, repeats: int) -> float:
     from maskserve.bundle import TASK_OUTPUTS
-    from service.backends.tensorrt import TensorRTBackend
+    from maskserve.service.backends.tensorrt import TensorRTBackend
 
     backend = TensorRTBackend(engine)
     feeds = _feeds(batch)

@@ -16,10 +16,10 @@ from pycocotools import mask as coco_mask
 from transformers import MaskFormerForInstanceSegmentation, MaskFormerImageProcessor
 
 from maskserve.bundle import TASK_OUTPUTS, Bundle
-from service.backends import OnnxRuntimeBackend
-from service.backends.base import graph_feeds
-from service.postprocess import Letterbox, TaskParams, encode, plan
-from service.preprocess import Normalizer, fit
+from maskserve.service.backends import OnnxRuntimeBackend
+from maskserve.service.backends.base import graph_feeds
+from maskserve.service.postprocess import Letterbox, TaskParams, encode, plan
+from maskserve.service.preprocess import Normalizer, fit
 
 STAGES = ("preprocess", "model", "postprocess", "rle")
 TASKS = ("panoptic", "semantic", "instance")

@@ -18,8 +18,8 @@ import httpx
 import numpy as np
 
 from maskserve.bundle import TASK_OUTPUTS, Bundle
-from service.backends import OnnxRuntimeBackend
-from service.backends.base import graph_feeds
+from maskserve.service.backends import OnnxRuntimeBackend
+from maskserve.service.backends.base import graph_feeds
 
 
 @dataclass(frozen=True)

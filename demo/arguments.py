@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from export.checkpoint import resolve_source
-from export.errors import ExportError
 from maskserve.bundle import Bundle, BundleError
+from maskserve.export.checkpoint import resolve_source
+from maskserve.export.errors import ExportError
 
 
 def checkpoint_dir(text: str) -> Path:

@@ -11,9 +11,9 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from demo.scenes import Scene, generate_scene
-from export.metadata import IMAGENET_MEAN, IMAGENET_STD
 from maskserve.bundle import Normalization
-from service.preprocess import Normalizer
+from maskserve.export.metadata import IMAGENET_MEAN, IMAGENET_STD
+from maskserve.service.preprocess import Normalizer
 
 IMAGENET_NORMALIZER = Normalizer(Normalization(mean=IMAGENET_MEAN, std=IMAGENET_STD))
 """The server's own normalizer with MaskFormerImageProcessor's defaults: trained as served."""

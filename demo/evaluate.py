@@ -17,7 +17,7 @@ from demo.arguments import bundle_dir, checkpoint_dir, labelled_bundle
 from demo.evaluate_bundle import bundle_predictor
 from demo.evaluate_torch import torch_predictor
 from demo.evaluation import EVAL_SEEDS, Report, evaluate, markdown_table
-from service.postprocess import PanopticRule
+from maskserve.service.postprocess import PanopticRule
 
 MIOU_TARGET, PQ_TARGET, MAX_GAP_POINTS = 0.85, 0.60, 0.2
 

@@ -11,10 +11,10 @@ from pycocotools import mask as coco_mask
 
 from demo.evaluation import Prediction, Predictor
 from maskserve.bundle import TASK_OUTPUTS, Bundle
-from service.backends import OnnxRuntimeBackend
-from service.backends.base import graph_feeds
-from service.postprocess import Letterbox, PanopticRule, TaskParams, postprocess
-from service.preprocess import Normalizer, fit
+from maskserve.service.backends import OnnxRuntimeBackend
+from maskserve.service.backends.base import graph_feeds
+from maskserve.service.postprocess import Letterbox, PanopticRule, TaskParams, postprocess
+from maskserve.service.preprocess import Normalizer, fit
 
 IGNORE = 255
 

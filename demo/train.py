@@ -30,7 +30,7 @@ from demo.architecture import build_model, demo_config
 from demo.arguments import checkpoint_dir
 from demo.data import TRAIN_SEED_START, Batch, SceneStream, collate
 from demo.scenes import LABELS
-from export.metadata import IMAGENET_MEAN, IMAGENET_STD
+from maskserve.export.metadata import IMAGENET_MEAN, IMAGENET_STD
 
 SAVE_RESERVE_S = 10.0
 """Seconds kept back from the budget for saving the checkpoint."""

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from transformers import AutoConfig, MaskFormerForInstanceSegmentation
 
-from export.errors import ExportError
+from maskserve.export.errors import ExportError
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 PREPROCESSOR_FILE = "preprocessor_config.json"

@@ -44,8 +44,8 @@ def _canvas(text: str) -> tuple[int, int]:
 
 def main(args: argparse.Namespace) -> int:
     # Imported here so that `maskserve serve` and `--help` never load torch.
-    from export.errors import ExportError, VerificationFailed
-    from export.pipeline import ExportOptions, print_error, quiet_libraries, run_export
+    from maskserve.export.errors import ExportError, VerificationFailed
+    from maskserve.export.pipeline import ExportOptions, print_error, quiet_libraries, run_export
 
     quiet_libraries()
 

@@ -6,9 +6,9 @@ import sys
 from collections.abc import Iterable
 from typing import Any
 
-from export.coco_panoptic import coco_panoptic_thing_ids
-from export.errors import ExportError
 from maskserve.bundle import CANVAS_MULTIPLE, Canvas, Label, Normalization
+from maskserve.export.coco_panoptic import coco_panoptic_thing_ids
+from maskserve.export.errors import ExportError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

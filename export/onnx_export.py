@@ -11,7 +11,7 @@ import onnx
 import torch
 
 from maskserve.bundle import CANVAS_MULTIPLE, INPUTS, OUTPUTS, Canvas
-from model.wrapper import ServingMaskFormer
+from maskserve.model.wrapper import ServingMaskFormer
 
 MAX_SIDE = 4096
 MIN_OPSET = 18

@@ -17,12 +17,6 @@ import torch
 import transformers
 
 import maskserve
-from export.checkpoint import load_checkpoint
-from export.errors import ExportError, VerificationFailed
-from export.metadata import build_labels, canvas_from_preprocessor, normalization_from_preprocessor
-from export.onnx_export import MAX_SIDE, MIN_OPSET, export_onnx, quantize_int8
-from export.verify import Report, verify
-from export.writer import check_destination, staged_bundle
 from maskserve.bundle import (
     CANVAS_MULTIPLE,
     INPUTS,
@@ -38,7 +32,13 @@ from maskserve.bundle import (
     tensor_specs,
     write_manifest,
 )
-from model.wrapper import ServingMaskFormer
+from maskserve.export.checkpoint import load_checkpoint
+from maskserve.export.errors import ExportError, VerificationFailed
+from maskserve.export.metadata import build_labels, canvas_from_preprocessor, normalization_from_preprocessor
+from maskserve.export.onnx_export import MAX_SIDE, MIN_OPSET, export_onnx, quantize_int8
+from maskserve.export.verify import Report, verify
+from maskserve.export.writer import check_destination, staged_bundle
+from maskserve.model.wrapper import ServingMaskFormer
 
 
 @dataclass

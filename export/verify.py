@@ -19,10 +19,10 @@ import onnxruntime as ort
 import torch
 from transformers import MaskFormerForInstanceSegmentation
 
-from export.onnx_export import sample_inputs
 from maskserve.bundle import INPUTS, OUTPUTS, Canvas
-from model.reference import reference_outputs
-from model.wrapper import raw_logits
+from maskserve.export.onnx_export import sample_inputs
+from maskserve.model.reference import reference_outputs
+from maskserve.model.wrapper import raw_logits
 
 # Decisions closer than this (in probability) to a tie or to the mask threshold are ties.
 TIE_MARGIN = 1e-5

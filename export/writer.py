@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from export.errors import ExportError
+from maskserve.export.errors import ExportError
 
 
 def check_destination(out: Path, force: bool) -> None:

@@ -16,6 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "bundle.json"
 MODEL_NAME = "model.onnx"
+# The embedded demo bundle, inside this package (and inside the wheel).
+DEFAULT_BUNDLE = Path(__file__).resolve().parent / "assets" / "shapes"
 CANVAS_MULTIPLE = 32
 
 Task = Literal["panoptic", "instance", "semantic"]

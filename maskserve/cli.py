@@ -9,9 +9,9 @@ from collections.abc import Sequence
 
 # subcommand -> (module with add_arguments/main, help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "export": ("export.cli", "turn a MaskFormer checkpoint into a verified ONNX bundle"),
-    "serve": ("service.cli", "serve a bundle over HTTP"),
-    "build-engine": ("service.engine_cli", "build, verify and cache a TensorRT engine for a bundle"),
+    "export": ("maskserve.export.cli", "turn a MaskFormer checkpoint into a verified ONNX bundle"),
+    "serve": ("maskserve.service.cli", "serve a bundle over HTTP"),
+    "build-engine": ("maskserve.service.engine_cli", "build, verify and cache a TensorRT engine for a bundle"),
 }
 
 

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 from transformers import MaskFormerForInstanceSegmentation
 
-from model.fused_head import FusedMaskHead
+from maskserve.model.fused_head import FusedMaskHead
 
 
 class ServingMaskFormer(nn.Module):

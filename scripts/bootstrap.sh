@@ -20,16 +20,16 @@ pip=("$venv/bin/python" -m pip install --quiet --disable-pip-version-check)
 
 case "$profile" in
   serve)
-    log "installing maskserve (serving profile)"
-    "${pip[@]}" -e .
+    log "installing maskserve with the cpu extra (serving profile: no torch)"
+    "${pip[@]}" -e ".[cpu]"
     ;;
   test)
     if ! "$venv/bin/python" -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '2.13.0')" 2>/dev/null; then
       log "installing $torch_pin"
       "${pip[@]}" "$torch_pin"
     fi
-    log "installing maskserve with the export and dev extras"
-    "${pip[@]}" -e ".[export,dev]"
+    log "installing maskserve with the cpu, export and dev extras"
+    "${pip[@]}" -e ".[cpu,export,dev]"
     scripts/install-system-deps.sh
     scripts/install-tools.sh
     ;;

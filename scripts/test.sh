@@ -6,5 +6,5 @@ venv="${MASKSERVE_VENV:-.venv}"
 export PATH="$PWD/$venv/bin:$PATH"
 
 echo "== ruff" && ruff check . && ruff format --check .
-echo "== mypy" && mypy
+echo "== mypy" && python scripts/typecheck.py
 echo "== pytest" && python -m pytest "$@"

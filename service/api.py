@@ -13,8 +13,8 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from maskserve.bundle import Task
-from service import pipeline
-from service.errors import (
+from maskserve.service import pipeline
+from maskserve.service.errors import (
     ERROR_TABLE,
     Draining,
     EmptyBody,
@@ -25,9 +25,9 @@ from service.errors import (
     classify,
     error_body,
 )
-from service.postprocess import TaskParams
-from service.runtime import Runtime, State
-from service.schemas import ErrorResponse, HealthResponse, LabelOut, ModelResponse, SegmentResponse
+from maskserve.service.postprocess import TaskParams
+from maskserve.service.runtime import Runtime, State
+from maskserve.service.schemas import ErrorResponse, HealthResponse, LabelOut, ModelResponse, SegmentResponse
 
 router = APIRouter()
 IMAGE_FIELD = "image"

@@ -13,10 +13,10 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import maskserve
-from service.api import router
-from service.errors import install_handlers
-from service.runtime import Runtime
-from service.settings import Settings
+from maskserve.service.api import router
+from maskserve.service.errors import install_handlers
+from maskserve.service.runtime import Runtime
+from maskserve.service.settings import Settings
 
 log = logging.getLogger("maskserve")
 SEGMENT_PATH = "/v1/segment"

@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from service.backends.base import Backend, graph_feeds
-from service.errors import DeadlineExceeded, Draining, InferenceFailed, QueueFull
-from service.metrics import Metrics
+from maskserve.service.backends.base import Backend, graph_feeds
+from maskserve.service.errors import DeadlineExceeded, Draining, InferenceFailed, QueueFull
+from maskserve.service.metrics import Metrics
 
 log = logging.getLogger("maskserve")
 

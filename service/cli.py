@@ -19,9 +19,9 @@ def main(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from maskserve.bundle import BundleError
-    from service.app import create_app
-    from service.server import run
-    from service.settings import Settings
+    from maskserve.service.app import create_app
+    from maskserve.service.server import run
+    from maskserve.service.settings import Settings
 
     overrides = {key: value for key in ("bundle", "host", "port") if (value := getattr(args, key)) is not None}
     try:

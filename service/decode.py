@@ -15,7 +15,7 @@ from contextlib import contextmanager
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from service.errors import EmptyBody, ImageTooLarge, InvalidImage, UnsupportedMediaType
+from maskserve.service.errors import EmptyBody, ImageTooLarge, InvalidImage, UnsupportedMediaType
 
 FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")
 

@@ -28,9 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from maskserve.bundle import Bundle, BundleError
-    from service.backends import BackendError, choose_backend, tensorrt_installed, visible_gpus
-    from service.backends.engine import default_batch_range
-    from service.settings import parse_canvas
+    from maskserve.service.backends import BackendError, choose_backend, tensorrt_installed, visible_gpus
+    from maskserve.service.backends.engine import default_batch_range
+    from maskserve.service.settings import parse_canvas
 
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(message)s")
     try:
@@ -45,7 +45,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
-    from service.backends.engine_store import EngineRequest, ensure_engine
+    from maskserve.service.backends.engine_store import EngineRequest, ensure_engine
 
     try:
         path, manifest = ensure_engine(

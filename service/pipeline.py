@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from maskserve.bundle import TASK_OUTPUTS
-from service.batcher import Job, JobResult
-from service.errors import DeadlineExceeded, NotReady
-from service.postprocess import Segment, TaskParams, postprocess
-from service.preprocess import Prepared, prepare
-from service.runtime import Runtime, State
+from maskserve.service.batcher import Job, JobResult
+from maskserve.service.errors import DeadlineExceeded, NotReady
+from maskserve.service.postprocess import Segment, TaskParams, postprocess
+from maskserve.service.preprocess import Prepared, prepare
+from maskserve.service.runtime import Runtime, State
 
 
 class ClientGone(Exception):

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from service.rle import EncodedMask, encode_label_map
+from maskserve.service.rle import EncodedMask, encode_label_map
 
 ARGMAX, KEPT, MASK, WEIGHTED_MASK = range(4)  # maskserve.bundle.PANOPTIC_AREA_COLUMNS
 

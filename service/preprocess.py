@@ -16,8 +16,8 @@ import numpy.typing as npt
 from PIL import Image
 
 from maskserve.bundle import Normalization
-from service.decode import open_image, original_size, to_rgb
-from service.postprocess import Letterbox
+from maskserve.service.decode import open_image, original_size, to_rgb
+from maskserve.service.postprocess import Letterbox
 
 
 @dataclass(frozen=True)

@@ -11,13 +11,13 @@ from enum import StrEnum
 import numpy as np
 
 from maskserve.bundle import Bundle, BundleError
-from service.backends import Backend, load_backend
-from service.backends.base import graph_feeds
-from service.batcher import Batcher
-from service.metrics import Metrics
-from service.postprocess import PanopticRule
-from service.preprocess import Normalizer
-from service.settings import Settings
+from maskserve.service.backends import Backend, load_backend
+from maskserve.service.backends.base import graph_feeds
+from maskserve.service.batcher import Batcher
+from maskserve.service.metrics import Metrics
+from maskserve.service.postprocess import PanopticRule
+from maskserve.service.preprocess import Normalizer
+from maskserve.service.settings import Settings
 
 log = logging.getLogger("maskserve")
 

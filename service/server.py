@@ -18,7 +18,7 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI
 
-from service.runtime import Runtime, State
+from maskserve.service.runtime import Runtime, State
 
 log = logging.getLogger("maskserve")
 

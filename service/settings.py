@@ -13,9 +13,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from maskserve.bundle import CANVAS_MULTIPLE
-
-DEFAULT_BUNDLE = Path(__file__).resolve().parent.parent / "maskserve" / "assets" / "shapes"
+from maskserve.bundle import CANVAS_MULTIPLE, DEFAULT_BUNDLE
 
 
 def _default_workers() -> int:

@@ -12,7 +12,7 @@ import pytest
 
 def _gpu_ready() -> str | None:
     """None when TensorRT and a CUDA GPU are usable here, else why not."""
-    from service.backends import tensorrt_installed, visible_gpus
+    from maskserve.service.backends import tensorrt_installed, visible_gpus
 
     if not tensorrt_installed():
         return "tensorrt and cuda-python are not installed"
@@ -91,7 +91,7 @@ def resnet_bundle(bundle_factory) -> Path:
 @pytest.fixture(scope="session")
 def demo_bundle_dir() -> Path:
     """The embedded demo bundle that ``maskserve serve`` serves by default."""
-    from service.settings import DEFAULT_BUNDLE
+    from maskserve.bundle import DEFAULT_BUNDLE
 
     assert (DEFAULT_BUNDLE / "bundle.json").is_file(), f"the demo bundle is missing from {DEFAULT_BUNDLE}"
     return DEFAULT_BUNDLE

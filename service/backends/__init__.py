@@ -8,10 +8,10 @@ import os
 from pathlib import Path
 
 from maskserve.bundle import Bundle
-from service.backends.base import Backend, BackendError
-from service.backends.engine import default_batch_range
-from service.backends.onnxruntime import OnnxRuntimeBackend
-from service.settings import Settings
+from maskserve.service.backends.base import Backend, BackendError
+from maskserve.service.backends.engine import default_batch_range
+from maskserve.service.backends.onnxruntime import OnnxRuntimeBackend
+from maskserve.service.settings import Settings
 
 __all__ = ["Backend", "BackendError", "OnnxRuntimeBackend", "choose_backend", "load_backend"]
 log = logging.getLogger("maskserve")
@@ -25,7 +25,7 @@ def tensorrt_installed() -> bool:
 def visible_gpus() -> int:
     if not tensorrt_installed():
         return 0
-    from service.backends.cuda import device_count
+    from maskserve.service.backends.cuda import device_count
 
     return device_count()
 
@@ -76,8 +76,8 @@ def load_backend(settings: Settings, bundle: Bundle, canvases: list[tuple[int, i
             engine_cache=settings.engine_cache,
             fp16=bundle.manifest.precision == "fp16",
         )
-    from service.backends.engine_store import EngineRequest, ensure_engine
-    from service.backends.tensorrt import TensorRTBackend
+    from maskserve.service.backends.engine_store import EngineRequest, ensure_engine
+    from maskserve.service.backends.tensorrt import TensorRTBackend
 
     engine_path, _ = ensure_engine(
         EngineRequest(

@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 
 from maskserve.bundle import OUTPUTS, RAW_OUTPUTS, Bundle
-from service.backends.base import Backend, BackendError, graph_feeds
-from service.backends.engine import (
+from maskserve.service.backends.base import Backend, BackendError, graph_feeds
+from maskserve.service.backends.engine import (
     EngineManifest,
     Precision,
     build_profiles,
@@ -21,7 +21,7 @@ from service.backends.engine import (
     staleness,
     write_atomically,
 )
-from service.postprocess import Letterbox, TaskParams, postprocess
+from maskserve.service.postprocess import Letterbox, TaskParams, postprocess
 
 log = logging.getLogger("maskserve")
 
@@ -43,7 +43,7 @@ class EngineRequest:
 
 def ensure_engine(request: EngineRequest) -> tuple[Path, EngineManifest]:
     """The engine to load: the cached one if it is fresh, else a newly built and verified one."""
-    from service.backends.trt_build import build_engine, current_key
+    from maskserve.service.backends.trt_build import build_engine, current_key
 
     key = current_key()
     engine_path, manifest_path = engine_paths(request.cache_dir, request.bundle, key, request.precision)
@@ -91,8 +91,8 @@ def verify_engine(
     engine_path: Path, bundle: Bundle, canvases: list[tuple[int, int]], precision: str, seed: int = 0
 ) -> dict[str, Any]:
     """Compare the engine with ONNX Runtime on CPU on fixed-seed inputs, per canvas."""
-    from service.backends.onnxruntime import OnnxRuntimeBackend
-    from service.backends.tensorrt import TensorRTBackend
+    from maskserve.service.backends.onnxruntime import OnnxRuntimeBackend
+    from maskserve.service.backends.tensorrt import TensorRTBackend
 
     reference = OnnxRuntimeBackend(bundle.model_path, max_batch=bundle.manifest.max_batch, provider="cpu")
     engine = TensorRTBackend(engine_path)

@@ -19,7 +19,7 @@ import numpy.typing as npt
 import onnxruntime as ort
 
 from maskserve.bundle import INPUTS, RAW_OUTPUTS, TASK_OUTPUTS
-from service.backends.base import BackendError
+from maskserve.service.backends.base import BackendError
 
 log = logging.getLogger("maskserve")
 

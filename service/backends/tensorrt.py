@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from service.backends.base import BackendError
-from service.backends.cuda import DeviceBuffer, PinnedBuffer, Stream
-from service.backends.trt_build import _Logger, tensorrt_module
+from maskserve.service.backends.base import BackendError
+from maskserve.service.backends.cuda import DeviceBuffer, PinnedBuffer, Stream
+from maskserve.service.backends.trt_build import _Logger, tensorrt_module
 
 log = logging.getLogger("maskserve")
 

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from service.backends.engine import EngineKey, Precision, Profile, write_atomically
+from maskserve.service.backends.engine import EngineKey, Precision, Profile, write_atomically
 
 log = logging.getLogger("maskserve")
 
@@ -48,7 +48,7 @@ class _Logger:
 
 
 def current_key() -> EngineKey:
-    from service.backends.cuda import device_properties
+    from maskserve.service.backends.cuda import device_properties
 
     trt = tensorrt_module()
     name, capability = device_properties(0)

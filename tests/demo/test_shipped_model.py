@@ -12,8 +12,8 @@ from pycocotools import mask as coco_mask
 from demo.metrics import PanopticEvaluator, panoptic_categories
 from demo.scenes import LABELS, THING_IDS, generate_scene
 from demo.ship import CHECKPOINT, EXAMPLE_SEEDS, EXAMPLE_SIZE, EXAMPLES
-from export.onnx_export import sample_inputs
 from maskserve.bundle import INPUTS, OUTPUTS, Bundle
+from maskserve.export.onnx_export import sample_inputs
 from tests.conftest import run_cli
 from tests.service.server import running_server
 

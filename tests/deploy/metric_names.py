@@ -20,7 +20,7 @@ _KEYWORDS = {"and", "or", "unless", "bool", "offset", "inf", "nan", "Inf", "NaN"
 @functools.cache
 def exposed_metric_names() -> frozenset[str]:
     """Every sample name the server can expose, read off a fresh ``Metrics()`` registry."""
-    from service.metrics import Metrics
+    from maskserve.service.metrics import Metrics
 
     names: set[str] = set()
     for family in Metrics().registry.collect():

@@ -96,7 +96,7 @@ def read(log) -> str:  # type: ignore[no-untyped-def]
 def test_deployed_settings_are_valid(source: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every MASKSERVE_* that the image, compose or a ConfigMap sets is a setting the server accepts
     (the bundle aside: any directory passes Settings' check)."""
-    from service.settings import Settings
+    from maskserve.service.settings import Settings
 
     if source == "compose-cpu":
         env = container_environment(tmp_path, 8000)

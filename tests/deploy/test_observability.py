@@ -137,7 +137,7 @@ def docs_queries() -> list[str]:
 
 
 def test_metrics_doc_covers_every_metric_and_its_queries_parse(tmp_path: Path) -> None:
-    from service.metrics import Metrics
+    from maskserve.service.metrics import Metrics
 
     text = (ROOT / "docs" / "metrics.md").read_text()
     for family in Metrics().registry.collect():

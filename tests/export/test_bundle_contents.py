@@ -9,9 +9,9 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from export.onnx_export import sample_inputs
-from export.verify import verify
 from maskserve.bundle import INPUTS, OUTPUTS, Bundle, Canvas
+from maskserve.export.onnx_export import sample_inputs
+from maskserve.export.verify import verify
 from tests.checkpoints import LABELS, THING_IDS, tiny_model
 
 
@@ -63,7 +63,7 @@ def test_verification_catches_a_wrong_graph(bundle_factory) -> None:
 
 
 def test_no_bundle_when_staging_fails(tmp_path: Path) -> None:
-    from export.writer import staged_bundle
+    from maskserve.export.writer import staged_bundle
 
     out = tmp_path / "bundle"
     with pytest.raises(RuntimeError), staged_bundle(out, force=False) as staging:
@@ -73,7 +73,7 @@ def test_no_bundle_when_staging_fails(tmp_path: Path) -> None:
 
 
 def test_force_replaces_atomically(tmp_path: Path) -> None:
-    from export.writer import staged_bundle
+    from maskserve.export.writer import staged_bundle
 
     out = tmp_path / "bundle"
     out.mkdir()

@@ -15,8 +15,8 @@ import torch
 from pycocotools import mask as coco_mask
 from transformers import MaskFormerImageProcessor
 
-from model.reference import reference_outputs
-from service.postprocess import Letterbox, PanopticRule, TaskParams, postprocess
+from maskserve.model.reference import reference_outputs
+from maskserve.service.postprocess import Letterbox, PanopticRule, TaskParams, postprocess
 
 H = W = 32
 ISTHING = np.array([True, True, False])  # labels 0, 1 are things, 2 is stuff

@@ -13,7 +13,7 @@ from pycocotools import mask as coco_mask
 from transformers import MaskFormerForInstanceSegmentation, MaskFormerImageProcessor
 
 from maskserve.bundle import INPUTS, OUTPUTS, Bundle
-from service.postprocess import Letterbox, PanopticRule, TaskParams, postprocess
+from maskserve.service.postprocess import Letterbox, PanopticRule, TaskParams, postprocess
 
 SEEDS = [0, 1, 2]
 

@@ -8,8 +8,8 @@ import numpy.typing as npt
 import pytest
 import torch
 
-from export.verify import Check, _compare_fused
-from model.reference import reference_outputs
+from maskserve.export.verify import Check, _compare_fused
+from maskserve.model.reference import reference_outputs
 
 ARGMAX, KEPT, MASK = 0, 1, 2
 

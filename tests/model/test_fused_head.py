@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model.fused_head import instance_reduction, panoptic_reduction, semantic_reduction
-from model.reference import reference_outputs
+from maskserve.model.fused_head import instance_reduction, panoptic_reduction, semantic_reduction
+from maskserve.model.reference import reference_outputs
 
 
 def _fused(class_logits, mask_logits, sizes, score_t, mask_t, canvas):

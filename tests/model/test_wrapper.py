@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model.reference import reference_outputs
-from model.wrapper import ServingMaskFormer, raw_logits
+from maskserve.model.reference import reference_outputs
+from maskserve.model.wrapper import ServingMaskFormer, raw_logits
 from tests.checkpoints import tiny_model
 
 

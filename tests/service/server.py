@@ -15,9 +15,9 @@ from pathlib import Path
 import httpx
 import uvicorn
 
-from service.app import create_app
-from service.runtime import Runtime
-from service.settings import Settings
+from maskserve.service.app import create_app
+from maskserve.service.runtime import Runtime
+from maskserve.service.settings import Settings
 
 
 def free_port() -> int:

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from maskserve.bundle import TASK_OUTPUTS, Bundle
-from service.backends import OnnxRuntimeBackend
-from service.batcher import Batcher, Job
-from service.errors import DeadlineExceeded, InferenceFailed, QueueFull
-from service.metrics import Metrics
+from maskserve.service.backends import OnnxRuntimeBackend
+from maskserve.service.batcher import Batcher, Job
+from maskserve.service.errors import DeadlineExceeded, InferenceFailed, QueueFull
+from maskserve.service.metrics import Metrics
 
 
 class RecordingBackend:

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from maskserve.bundle import Normalization
-from service.decode import open_image, original_size, to_rgb
-from service.errors import EmptyBody, ImageTooLarge, InvalidImage, UnsupportedMediaType
-from service.preprocess import Normalizer, choose_canvas, fit, prepare
+from maskserve.service.decode import open_image, original_size, to_rgb
+from maskserve.service.errors import EmptyBody, ImageTooLarge, InvalidImage, UnsupportedMediaType
+from maskserve.service.preprocess import Normalizer, choose_canvas, fit, prepare
 from tests.service import images
 
 LIMIT = 40_000_000

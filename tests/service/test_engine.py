@@ -9,8 +9,8 @@ import onnxruntime as ort
 import pytest
 
 from maskserve.bundle import Bundle
-from service.backends import BackendError, OnnxRuntimeBackend, choose_backend
-from service.backends.engine import (
+from maskserve.service.backends import BackendError, OnnxRuntimeBackend, choose_backend
+from maskserve.service.backends.engine import (
     EngineKey,
     EngineManifest,
     build_profiles,
@@ -20,8 +20,8 @@ from service.backends.engine import (
     staleness,
     write_atomically,
 )
-from service.backends.engine_store import compare_backends
-from service.backends.onnxruntime import provider_chain
+from maskserve.service.backends.engine_store import compare_backends
+from maskserve.service.backends.onnxruntime import provider_chain
 from tests.conftest import run_cli
 
 KEY = EngineKey(gpu_name="NVIDIA H100 80GB HBM3", compute_capability="9.0", tensorrt_version="10.7.0")
@@ -137,7 +137,7 @@ def test_engine_verification_logic(swin_bundle: Path, resnet_bundle: Path) -> No
 
 
 def test_build_engine_without_tensorrt_is_a_clean_error(swin_bundle: Path) -> None:
-    from service.backends import tensorrt_installed
+    from maskserve.service.backends import tensorrt_installed
 
     if tensorrt_installed():
         pytest.skip("tensorrt is installed here; the GPU tests cover the build")

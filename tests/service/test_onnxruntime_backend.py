@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from maskserve.bundle import OUTPUTS, RAW_OUTPUTS, TASK_OUTPUTS, Bundle
-from service.backends import OnnxRuntimeBackend
+from maskserve.service.backends import OnnxRuntimeBackend
 
 
 def _feeds(batch: int, canvas: tuple[int, int], seed: int) -> dict[str, np.ndarray]:

@@ -6,7 +6,7 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as coco_mask
 
-from service.postprocess import (
+from maskserve.service.postprocess import (
     Letterbox,
     PanopticRule,
     TaskParams,

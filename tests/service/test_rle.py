@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from pycocotools import mask as coco_mask
 
-from service.rle import encode_label_map, encode_mask
+from maskserve.service.rle import encode_label_map, encode_mask
 
 
 def _reference(mask: np.ndarray) -> dict:

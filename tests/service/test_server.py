@@ -18,8 +18,8 @@ import pytest
 from pycocotools import mask as coco_mask
 
 from maskserve.bundle import Bundle
-from service.preprocess import Normalizer, prepare
-from service.schemas import SegmentResponse
+from maskserve.service.preprocess import Normalizer, prepare
+from maskserve.service.schemas import SegmentResponse
 from tests.service import images
 from tests.service.server import metric, running_server, server_process
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from service.settings import Settings
+from maskserve.service.settings import Settings
 from tests.conftest import run_cli
 
 

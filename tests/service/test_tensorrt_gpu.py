@@ -14,7 +14,7 @@ pytestmark = pytest.mark.gpu
 
 @pytest.fixture(scope="module")
 def engine_request(swin_bundle: Path, tmp_path_factory: pytest.TempPathFactory):
-    from service.backends.engine_store import EngineRequest
+    from maskserve.service.backends.engine_store import EngineRequest
 
     bundle = Bundle.load(swin_bundle)
     return lambda precision: EngineRequest(
@@ -28,9 +28,9 @@ def engine_request(swin_bundle: Path, tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_build_verify_cache_and_run(engine_request, precision: str) -> None:
-    from service.backends import OnnxRuntimeBackend
-    from service.backends.engine_store import ensure_engine
-    from service.backends.tensorrt import TensorRTBackend
+    from maskserve.service.backends import OnnxRuntimeBackend
+    from maskserve.service.backends.engine_store import ensure_engine
+    from maskserve.service.backends.tensorrt import TensorRTBackend
 
     request = engine_request(precision)
     path, manifest = ensure_engine(request)

@@ -8,7 +8,8 @@ import sys
 
 def test_service_imports_no_torch() -> None:
     code = (
-        "import sys, service.app, service.cli, service.backends, maskserve.cli, maskserve.bundle;"
+        "import sys, maskserve.service.app, maskserve.service.cli, maskserve.service.backends;"
+        "import maskserve.cli, maskserve.bundle;"
         "maskserve.cli.build_parser();"
         "bad = [m for m in ('torch', 'transformers', 'scipy') if m in sys.modules];"
         "assert not bad, bad"
