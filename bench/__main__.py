@@ -63,8 +63,10 @@ def _model_section(
                     repeats = args.repeats if batch == 1 else max(2, args.repeats // 2)
                     timing: Timing = measure(runner, images, task, repeats)
                     section.add(runner.name, task, size, batch, timing)
-                    print(f"  {name} {runner.name:<12} {task:<9} {size[0]}x{size[1]} b{batch}: "
-                          f"{timing.median():.3f} s", file=sys.stderr)  # fmt: skip
+                    print(
+                        f"  {name} {runner.name:<12} {task:<9} {size[0]}x{size[1]} b{batch}: {timing.median():.3f} s",
+                        file=sys.stderr,
+                    )
     return section
 
 
@@ -125,15 +127,30 @@ def _prepare_models(args: argparse.Namespace) -> list[BenchModel]:
             log=lambda m: print(m, file=sys.stderr),
         )
     # Random weights: scores are near 1/151, so every query is kept (threshold 0).
-    models = [BenchModel("Swin-T/ADE architecture (random weights)", str(checkpoint), str(bundle), 512, {
-        "threshold": 0.0, "mask_threshold": 0.5, "overlap_threshold": 0.8}, str(int8))]  # fmt: skip
+    models = [
+        BenchModel(
+            "Swin-T/ADE architecture (random weights)",
+            str(checkpoint),
+            str(bundle),
+            512,
+            {"threshold": 0.0, "mask_threshold": 0.5, "overlap_threshold": 0.8},
+            str(int8),
+        )
+    ]
     demo_checkpoint, demo_bundle = ROOT / "demo" / "checkpoint", ROOT / "maskserve" / "assets" / "shapes"
     if (demo_checkpoint / "config.json").is_file() and (demo_bundle / "bundle.json").is_file():
         from maskserve.bundle import Bundle
 
         side = Bundle.load(demo_bundle).manifest.canvas.height  # the size it was trained at
-        models.append(BenchModel("demo (shapes, trained)", str(demo_checkpoint), str(demo_bundle), side, {
-            "threshold": 0.5, "mask_threshold": 0.5, "overlap_threshold": 0.8}))  # fmt: skip
+        models.append(
+            BenchModel(
+                "demo (shapes, trained)",
+                str(demo_checkpoint),
+                str(demo_bundle),
+                side,
+                {"threshold": 0.5, "mask_threshold": 0.5, "overlap_threshold": 0.8},
+            )
+        )
     return models
 
 

@@ -54,7 +54,7 @@ def torch_eager(checkpoint: Path, batch: int, repeats: int) -> float:
 
 def onnxruntime_provider(bundle: Path, provider: str, batch: int, repeats: int, cache: Path) -> float:
     from maskserve.bundle import TASK_OUTPUTS, Bundle
-    from maskserve.service.backends import OnnxRuntimeBackend
+    from maskserve.service.backends.ort import OnnxRuntimeBackend
 
     backend = OnnxRuntimeBackend(Bundle.load(bundle).model_path, max_batch=32, provider=provider, engine_cache=cache)
     feeds = _feeds(batch)
@@ -63,7 +63,7 @@ def onnxruntime_provider(bundle: Path, provider: str, batch: int, repeats: int, 
 
 def native_tensorrt(engine: Path, batch: int, repeats: int) -> float:
     from maskserve.bundle import TASK_OUTPUTS
-    from maskserve.service.backends.tensorrt import TensorRTBackend
+    from maskserve.service.backends.tensorrt.backend import TensorRTBackend
 
     backend = TensorRTBackend(engine)
     feeds = _feeds(batch)
@@ -92,10 +92,21 @@ def main(argv: list[str] | None = None) -> int:
     bundle = args.work / "bundle"
     if not (bundle / "bundle.json").is_file():
         subprocess.run(
-            [sys.executable, "-m", "maskserve.cli", "export", "--model", str(checkpoint), "--out", str(bundle),
-             "--max-batch", "32", "--force"],
+            [
+                sys.executable,
+                "-m",
+                "maskserve.cli",
+                "export",
+                "--model",
+                str(checkpoint),
+                "--out",
+                str(bundle),
+                "--max-batch",
+                "32",
+                "--force",
+            ],
             check=True,
-        )  # fmt: skip
+        )
     engines: dict[str, Path | str] = {}
     for precision in ("fp32", "fp16"):
         command = [
@@ -139,8 +150,12 @@ def main(argv: list[str] | None = None) -> int:
 
     from bench.machine import versions
 
-    gpu = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
-                         capture_output=True, text=True, check=False).stdout.strip()  # fmt: skip
+    gpu = subprocess.run(
+        ["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
     print(f"GPU: {gpu or 'unknown'}; " + ", ".join(f"{k} {v}" for k, v in versions().items()))
     print()
     print("| runtime | " + " | ".join(f"batch {b} (ms/image)" for b in BATCHES) + " |")

@@ -15,13 +15,13 @@ from PIL import Image
 from pycocotools import mask as coco_mask
 from transformers import MaskFormerForInstanceSegmentation, MaskFormerImageProcessor
 
-from maskserve.bundle import TASK_OUTPUTS, Bundle
-from maskserve.service.backends import OnnxRuntimeBackend
-from maskserve.service.backends.base import graph_feeds
-from maskserve.service.postprocess import Letterbox, TaskParams, encode, plan
-from maskserve.service.preprocess import Normalizer, fit
+from maskserve.bundle import Bundle
+from maskserve.service.backends.ort import OnnxRuntimeBackend
+from maskserve.service.preprocess import fit
+from maskserve.service.segmenter import Segmenter
 
-STAGES = ("preprocess", "model", "postprocess", "rle")
+# "postprocess" includes the RLE encoding on both sides.
+STAGES = ("preprocess", "model", "postprocess")
 TASKS = ("panoptic", "semantic", "instance")
 
 
@@ -74,8 +74,11 @@ class TransformersRunner:
         inputs = _timed(stages, "preprocess", lambda: self.processor(images=images, return_tensors="pt"))
         with torch.inference_mode():
             outputs = _timed(stages, "model", lambda: self.model(pixel_values=inputs["pixel_values"]))
-        masks = _timed(stages, "postprocess", lambda: self._post(outputs, task, sizes))
-        _timed(stages, "rle", lambda: [coco_mask.encode(np.asfortranarray(m)) for m in masks])
+        _timed(
+            stages,
+            "postprocess",
+            lambda: [coco_mask.encode(np.asfortranarray(m)) for m in self._post(outputs, task, sizes)],
+        )
         return stages
 
     def _post(self, outputs: Any, task: str, sizes: list[tuple[int, int]]) -> list[np.ndarray]:
@@ -108,7 +111,8 @@ class TransformersRunner:
 
 
 class MaskserveRunner:
-    """The bundle through ONNX Runtime (staged on CPU) plus maskserve's host path."""
+    """The bundle through ``Segmenter``, stage by stage: prepare (decode, letterbox, normalize),
+    the model call (ONNX Runtime, staged on CPU), post-processing with RLE."""
 
     def __init__(
         self, bundle_dir: str, side: int, params: dict[str, float], intra_op_threads: int = 0, name: str = "maskserve"
@@ -118,40 +122,30 @@ class MaskserveRunner:
         self.backend = OnnxRuntimeBackend(
             self.bundle.model_path, self.bundle.manifest.max_batch, "cpu", intra_op_threads=intra_op_threads
         )
-        self.normalizer = Normalizer(self.bundle.manifest.normalization)
-        self.isthing = np.array([label.isthing for label in self.bundle.manifest.labels])
         self.side = side
         self.params = params
+        self._segmenters: dict[tuple[int, int], Segmenter] = {}
+
+    def segmenter(self, canvas: tuple[int, int]) -> Segmenter:
+        """A ``Segmenter`` on the shared backend that letterboxes into ``canvas`` only."""
+        if canvas not in self._segmenters:
+            self._segmenters[canvas] = Segmenter(self.bundle, self.backend, canvases=[f"{canvas[0]}x{canvas[1]}"])
+        return self._segmenters[canvas]
 
     def run(self, images: list[Image.Image], task: str) -> dict[str, float]:
         stages: dict[str, float] = {}
-        params = TaskParams(
+        segmenter = self.segmenter(canvas_for((images[0].height, images[0].width), self.side))
+        params = segmenter.params(
             task, self.params["threshold"], self.params["mask_threshold"], self.params["overlap_threshold"]
         )
-        feeds, boxes = _timed(stages, "preprocess", lambda: self._preprocess(images, params))
-        outputs = _timed(stages, "model", lambda: self.backend.run(feeds, TASK_OUTPUTS[task]))  # type: ignore[index]
-        plans = _timed(
+        prepared = _timed(stages, "preprocess", lambda: [segmenter.prepare(image) for image in images])
+        outputs = _timed(stages, "model", lambda: segmenter.forward(prepared, [params] * len(prepared)))
+        _timed(
             stages,
             "postprocess",
-            lambda: [
-                plan({k: v[i] for k, v in outputs.items()}, box, params, self.isthing) for i, box in enumerate(boxes)
-            ],
+            lambda: [segmenter.postprocess(out, item, params) for out, item in zip(outputs, prepared, strict=True)],
         )
-        _timed(stages, "rle", lambda: [encode(p, params) for p in plans])
         return stages
-
-    def _preprocess(
-        self, images: list[Image.Image], params: TaskParams
-    ) -> tuple[dict[str, np.ndarray], list[Letterbox]]:
-        canvas = canvas_for((images[0].height, images[0].width), self.side)
-        pixels, boxes = [], []
-        for image in images:
-            valid = fit((image.height, image.width), canvas)
-            resized = image.resize((valid[1], valid[0]), Image.Resampling.BILINEAR)
-            pixels.append(self.normalizer.into_canvas(np.asarray(resized, dtype=np.uint8), canvas))
-            boxes.append(Letterbox(canvas=canvas, valid=valid, original=(image.height, image.width)))
-        feeds = graph_feeds(np.stack(pixels), [box.valid for box in boxes], params.threshold, params.mask_threshold)
-        return feeds, boxes
 
 
 def measure(runner: Any, images: list[Image.Image], task: str, repeats: int, warmup: int = 1) -> Timing:

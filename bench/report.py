@@ -26,7 +26,7 @@ class ModelSection:
 
     def host_share(self, runner: str, task: str, size: tuple[int, int], batch: int) -> float:
         timing = self.timings[(runner, task, size, batch)]
-        return (timing.median("postprocess") + timing.median("rle")) / timing.median()
+        return timing.median("postprocess") / timing.median()
 
 
 @dataclass

@@ -18,8 +18,8 @@ import httpx
 import numpy as np
 
 from maskserve.bundle import TASK_OUTPUTS, Bundle
-from maskserve.service.backends import OnnxRuntimeBackend
 from maskserve.service.backends.base import graph_feeds
+from maskserve.service.backends.ort import OnnxRuntimeBackend
 
 
 @dataclass(frozen=True)
@@ -118,9 +118,16 @@ def bare_throughput(bundle: Path, batch: int, canvas: tuple[int, int], task: str
     runners' idle thread pools would share the two cores and handicap the bare backend.
     """
     command = [
-        sys.executable, "-m", "bench.service_level",
-        str(bundle), str(batch), str(canvas[0]), str(canvas[1]), task, str(seconds),
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "bench.service_level",
+        str(bundle),
+        str(batch),
+        str(canvas[0]),
+        str(canvas[1]),
+        task,
+        str(seconds),
+    ]
     result = subprocess.run(command, capture_output=True, text=True, check=True)
     return float(result.stdout.strip().splitlines()[-1])
 

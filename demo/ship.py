@@ -80,10 +80,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     table = io.StringIO()
     with contextlib.redirect_stdout(table):
-        met = evaluate(
-            ["--checkpoint", str(CHECKPOINT), "--bundle", str(BUNDLE), "--extra-bundle", f"int8={int8}",
-             "--images", str(args.images)]
-        ) == 0  # fmt: skip
+        met = (
+            evaluate(
+                [
+                    "--checkpoint",
+                    str(CHECKPOINT),
+                    "--bundle",
+                    str(BUNDLE),
+                    "--extra-bundle",
+                    f"int8={int8}",
+                    "--images",
+                    str(args.images),
+                ]
+            )
+            == 0
+        )
     training = json.loads((CHECKPOINT / "training.json").read_text())
     CARD.write_text(model_card([*stages, training], table.getvalue(), side))
     print(table.getvalue())

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from transformers import AutoConfig, MaskFormerForInstanceSegmentation
 
+from maskserve.errors import first_line
 from maskserve.export.errors import ExportError
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -29,11 +30,6 @@ class Checkpoint:
     def backbone(self) -> str:
         config: Any = self.model.config
         return str(config.backbone_config.model_type)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:300]
 
 
 def resolve_source(spec: str) -> str:
@@ -56,7 +52,7 @@ def load_checkpoint(spec: str) -> Checkpoint:
     try:
         config: Any = AutoConfig.from_pretrained(source)
     except Exception as exc:  # transformers raises many types; the user needs one line
-        raise ExportError(f"cannot read the config of {spec}: {_first_line(exc)}") from exc
+        raise ExportError(f"cannot read the config of {spec}: {first_line(exc)}") from exc
     if config.model_type != "maskformer":
         raise ExportError(f"{spec} holds a '{config.model_type}' model, not a MaskFormer checkpoint")
     try:
@@ -65,7 +61,7 @@ def load_checkpoint(spec: str) -> Checkpoint:
         )
         model, info = loaded
     except Exception as exc:
-        raise ExportError(f"cannot load the weights of {spec}: {_first_line(exc)}") from exc
+        raise ExportError(f"cannot load the weights of {spec}: {first_line(exc)}") from exc
     problems = [key for kind in ("missing_keys", "mismatched_keys") for key in info.get(kind, [])]
     if problems:
         raise ExportError(
@@ -95,7 +91,7 @@ def _read_preprocessor(source: str) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
-        raise ExportError(f"cannot read {path}: {_first_line(exc)}") from exc
+        raise ExportError(f"cannot read {path}: {first_line(exc)}") from exc
     return data if isinstance(data, dict) else {}
 
 

@@ -1,19 +1,21 @@
-"""Export failures, each with the exit code the CLI returns."""
+"""Export failures, each with the exit code the ``maskserve`` command returns."""
 
 from __future__ import annotations
 
+from maskserve.errors import CommandError, UsageError
 
-class ExportError(Exception):
+
+class ExportError(UsageError):
     """A bad input to ``maskserve export``: one line for the user, exit code 2."""
 
-    exit_code = 2
+
+VERIFICATION_FAILED = "verification failed: the exported graph disagrees with PyTorch; no bundle was written"
 
 
-class VerificationFailed(Exception):
-    """The exported graph disagrees with PyTorch; no bundle is written. Exit code 1."""
+class VerificationFailed(CommandError):
+    """The exported graph disagrees with PyTorch; no bundle is written. Exit code 1, after the
+    table of every check (``details``)."""
 
-    exit_code = 1
-
-    def __init__(self, report: str) -> None:
-        super().__init__(report)
+    def __init__(self, report: str, message: str = VERIFICATION_FAILED) -> None:
+        super().__init__(message, details=report)
         self.report = report

@@ -10,10 +10,9 @@ from pathlib import Path
 import onnx
 import torch
 
-from maskserve.bundle import CANVAS_MULTIPLE, INPUTS, OUTPUTS, Canvas
+from maskserve.bundle import CANVAS_MULTIPLE, INPUTS, MAX_SIDE, OUTPUTS, Canvas
 from maskserve.model.wrapper import ServingMaskFormer
 
-MAX_SIDE = 4096
 MIN_OPSET = 18
 
 

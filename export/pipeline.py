@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,7 +17,6 @@ import transformers
 
 import maskserve
 from maskserve.bundle import (
-    CANVAS_MULTIPLE,
     INPUTS,
     MODEL_NAME,
     OUTPUTS,
@@ -32,10 +30,11 @@ from maskserve.bundle import (
     tensor_specs,
     write_manifest,
 )
+from maskserve.errors import first_line
 from maskserve.export.checkpoint import load_checkpoint
 from maskserve.export.errors import ExportError, VerificationFailed
 from maskserve.export.metadata import build_labels, canvas_from_preprocessor, normalization_from_preprocessor
-from maskserve.export.onnx_export import MAX_SIDE, MIN_OPSET, export_onnx, quantize_int8
+from maskserve.export.onnx_export import MIN_OPSET, export_onnx, quantize_int8
 from maskserve.export.verify import Report, verify
 from maskserve.export.writer import check_destination, staged_bundle
 from maskserve.model.wrapper import ServingMaskFormer
@@ -43,10 +42,12 @@ from maskserve.model.wrapper import ServingMaskFormer
 
 @dataclass
 class ExportOptions:
+    """What to export; the field names are the ``maskserve export`` argument names."""
+
     model: str
     out: Path
-    size: tuple[int, int] | None = None
-    extra_canvases: list[tuple[int, int]] = field(default_factory=list)
+    size: tuple[int, int] | list[int] | None = None
+    extra_canvases: list[Canvas] = field(default_factory=list)
     max_batch: int = 8
     opset: int = 18
     fp16: bool = False
@@ -59,13 +60,12 @@ class ExportOptions:
 
 
 def validate_options(options: ExportOptions) -> None:
-    for height, width in [*([options.size] if options.size else []), *options.extra_canvases]:
-        for side in (height, width):
-            if side <= 0 or side % CANVAS_MULTIPLE or side > MAX_SIDE:
-                raise ExportError(
-                    f"size {height}x{width} is invalid: each side must be a positive multiple of "
-                    f"{CANVAS_MULTIPLE} up to {MAX_SIDE}"
-                )
+    if options.size is not None:
+        height, width = options.size
+        try:
+            Canvas.parse(f"{height}x{width}")
+        except ValueError as exc:
+            raise ExportError(f"--size {height} {width}: {str(exc).split(': ', 1)[-1]}") from None
     if not 1 <= options.max_batch <= 256:
         raise ExportError(f"--max-batch {options.max_batch} is out of range 1..256")
     if options.fp16 and options.int8:
@@ -98,7 +98,7 @@ def run_export(options: ExportOptions, log: Callable[[str], None] = print) -> Ma
         if options.size
         else canvas_from_preprocessor(checkpoint.preprocessor)
     )
-    canvases = [canvas, *(Canvas(height=h, width=w) for h, w in options.extra_canvases if (h, w) != canvas.hw)]
+    canvases = list(dict.fromkeys([canvas, *options.extra_canvases]))
     has_stuff = any(not label.isthing for label in labels)
     default_task: Task = options.default_task or ("panoptic" if has_stuff else "semantic")
     precision: Literal["fp32", "fp16", "int8"] = "fp16" if options.fp16 else "int8" if options.int8 else "fp32"
@@ -120,7 +120,7 @@ def run_export(options: ExportOptions, log: Callable[[str], None] = print) -> Ma
             try:
                 report = verify(onnx_path, checkpoint.model, canvas, precision)
             except Exception as exc:  # ONNX Runtime refusing the graph is a failed verification
-                raise VerificationFailed(f"onnxruntime could not run the exported graph: {_first_line(exc)}") from exc
+                raise VerificationFailed(f"onnxruntime could not run the exported graph: {first_line(exc)}") from exc
             if not report.ok:
                 raise VerificationFailed(report.table())
         progress(f"writing {options.out}")
@@ -156,10 +156,6 @@ def run_export(options: ExportOptions, log: Callable[[str], None] = print) -> Ma
     return manifest
 
 
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-
-
 def quiet_libraries() -> None:
     """Silence library chatter (progress bars, unsupported-backbone and torchvision notices) so
     that the CLI prints only its own progress lines and errors."""
@@ -169,7 +165,3 @@ def quiet_libraries() -> None:
     transformers.logging.disable_progress_bar()
     for name in ("torch.onnx", "torch._dynamo", "torch.export", "onnxscript"):
         logging.getLogger(name).setLevel(logging.ERROR)
-
-
-def print_error(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr)

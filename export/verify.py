@@ -19,7 +19,7 @@ import onnxruntime as ort
 import torch
 from transformers import MaskFormerForInstanceSegmentation
 
-from maskserve.bundle import INPUTS, OUTPUTS, Canvas
+from maskserve.bundle import INPUTS, OUTPUTS, AreaColumn, Canvas
 from maskserve.export.onnx_export import sample_inputs
 from maskserve.model.reference import reference_outputs
 from maskserve.model.wrapper import raw_logits
@@ -125,7 +125,7 @@ def verify(
             margins=True,
         )
         checks.extend(
-            _compare_fused(case, got, {k: v.numpy() for k, v in reference.items()}, agreement_limit, score_limit)
+            compare_fused(case, got, {k: v.numpy() for k, v in reference.items()}, agreement_limit, score_limit)
         )
         # End to end (PyTorch logits through the reference) is reported, not gated: with
         # random weights, near-tied queries make it flip on 1e-7 logit differences.
@@ -135,7 +135,7 @@ def verify(
     return Report(checks=checks, providers=session.get_providers())
 
 
-def _compare_fused(
+def compare_fused(
     case: str, got: dict[str, np.ndarray], ref: dict[str, np.ndarray], agreement_limit: float, score_limit: float
 ) -> list[Check]:
     checks = []
@@ -165,7 +165,8 @@ def _compare_fused(
     pixels = got["panoptic_map"].shape[-1] * got["panoptic_map"].shape[-2]
     undecided = (ref["panoptic_margin"] <= TIE_MARGIN).sum(axis=(-2, -1))  # (B,)
     area_error = np.abs(got["panoptic_areas"].astype(np.int64) - ref["panoptic_areas"])  # (B, Q, 4)
-    area_error[:, :, :2] = np.maximum(area_error[:, :, :2] - undecided[:, None, None], 0)
+    tied = [AreaColumn.ARGMAX, AreaColumn.KEPT]
+    area_error[:, :, tied] = np.maximum(area_error[:, :, tied] - undecided[:, None, None], 0)
     area_limit = max(4.0, (1 - agreement_limit) * pixels)
     checks.append(Check(case, "panoptic_areas", "error_px_beyond_ties", float(area_error.max()), area_limit, False))
     matched, mask_agreement = _match_instances(got, ref, score_limit)

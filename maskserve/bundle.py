@@ -1,27 +1,33 @@
-"""The bundle: the one contract between ``export`` and ``service``.
+"""The bundle: the one contract between ``maskserve.export`` and ``maskserve.service``.
 
 A bundle is a directory holding ``model.onnx`` and ``bundle.json``. This module defines the
-JSON schema (with a version), the graph's input and output names, and the loader. It imports
-neither torch nor anything from ``service``; both sides import it.
+JSON schema (with a version), the graph's input and output names, the canvas rule, and the
+loader. It imports neither torch nor anything from ``maskserve.service``; both sides import it.
 """
 
 from __future__ import annotations
 
 import json
+from enum import IntEnum
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from maskserve.errors import UsageError
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "bundle.json"
 MODEL_NAME = "model.onnx"
 # The embedded demo bundle, inside this package (and inside the wheel).
 DEFAULT_BUNDLE = Path(__file__).resolve().parent / "assets" / "shapes"
+# Canvas sides: multiples of 32 (the backbone's total stride), up to the largest side the graph's
+# dynamic dimensions declare.
 CANVAS_MULTIPLE = 32
+MAX_SIDE = 4096
 
 Task = Literal["panoptic", "instance", "semantic"]
-TASKS: tuple[Task, ...] = ("panoptic", "instance", "semantic")
+TASKS: tuple[Task, ...] = get_args(Task)
 
 # Graph inputs, in order. B is dynamic; H and W are dynamic multiples of 32.
 INPUTS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -46,6 +52,7 @@ OUTPUTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "instance_masks": ("uint8", ("B", "Q", "H/4", "W/4")),
 }
 RAW_OUTPUTS = ("class_logits", "mask_logits")
+SERVED_OUTPUTS = tuple(name for name in OUTPUTS if name not in RAW_OUTPUTS)
 TASK_OUTPUTS: dict[Task, tuple[str, ...]] = {
     "semantic": ("semantic_map",),
     "panoptic": ("panoptic_map", "query_labels", "query_scores", "panoptic_areas"),
@@ -54,7 +61,16 @@ TASK_OUTPUTS: dict[Task, tuple[str, ...]] = {
 PANOPTIC_AREA_COLUMNS = ("argmax", "kept", "mask", "weighted_mask")
 
 
-class BundleError(Exception):
+class AreaColumn(IntEnum):
+    """Column indices of ``panoptic_areas``, in ``PANOPTIC_AREA_COLUMNS`` order."""
+
+    ARGMAX = PANOPTIC_AREA_COLUMNS.index("argmax")
+    KEPT = PANOPTIC_AREA_COLUMNS.index("kept")
+    MASK = PANOPTIC_AREA_COLUMNS.index("mask")
+    WEIGHTED_MASK = PANOPTIC_AREA_COLUMNS.index("weighted_mask")
+
+
+class BundleError(UsageError):
     """The bundle directory is missing, unreadable, or not of a schema this code reads."""
 
 
@@ -69,8 +85,24 @@ class Label(_Strict):
 
 
 class Canvas(_Strict):
-    height: int = Field(gt=0, multiple_of=CANVAS_MULTIPLE)
-    width: int = Field(gt=0, multiple_of=CANVAS_MULTIPLE)
+    """A network input size: both sides positive multiples of 32, at most ``MAX_SIDE``."""
+
+    height: int = Field(gt=0, le=MAX_SIDE, multiple_of=CANVAS_MULTIPLE)
+    width: int = Field(gt=0, le=MAX_SIDE, multiple_of=CANVAS_MULTIPLE)
+
+    @classmethod
+    def parse(cls, text: str) -> Canvas:
+        """``"HxW"`` (e.g. ``512x704``) to a Canvas; ``ValueError`` with one line otherwise (for
+        settings validators and the CLIs' own error line)."""
+        parts = text.strip().lower().split("x")
+        if len(parts) != 2 or not all(part.isdigit() for part in parts):
+            raise ValueError(f"canvas {text!r} is not of the form HxW")
+        height, width = int(parts[0]), int(parts[1])
+        if not all(0 < side <= MAX_SIDE and side % CANVAS_MULTIPLE == 0 for side in (height, width)):
+            raise ValueError(
+                f"canvas {text!r}: each side must be a positive multiple of {CANVAS_MULTIPLE}, at most {MAX_SIDE}"
+            )
+        return cls(height=height, width=width)
 
     @property
     def hw(self) -> tuple[int, int]:
@@ -115,7 +147,9 @@ class Versions(_Strict):
 
 
 class Manifest(_Strict):
-    """``bundle.json``."""
+    """``bundle.json``. Validation guarantees label ids 0..K-1 in order, the default canvas among
+    ``canvases``, this schema version, and the graph contract of this code (inputs, outputs and
+    the panoptic area column order)."""
 
     schema_version: int
     name: str
@@ -148,14 +182,24 @@ class Manifest(_Strict):
             raise ValueError("the default canvas must be one of canvases")
         if set(self.outputs) != set(OUTPUTS) or set(self.inputs) != set(INPUTS):
             raise ValueError("inputs/outputs do not match this version's graph contract")
+        if self.panoptic_area_columns != PANOPTIC_AREA_COLUMNS:
+            raise ValueError(
+                f"panoptic_area_columns {list(self.panoptic_area_columns)} are not {list(PANOPTIC_AREA_COLUMNS)}"
+            )
         return self
 
     @property
     def num_labels(self) -> int:
         return len(self.labels)
 
-    def label_name(self, label_id: int) -> str:
-        return self.labels[label_id].name
+    @property
+    def label_names(self) -> tuple[str, ...]:
+        return tuple(label.name for label in self.labels)
+
+    @property
+    def isthing(self) -> tuple[bool, ...]:
+        """Per label id: a thing (countable instances) or stuff (merged per class)."""
+        return tuple(label.isthing for label in self.labels)
 
 
 def tensor_specs(table: dict[str, tuple[str, tuple[str, ...]]]) -> dict[str, TensorSpec]:

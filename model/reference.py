@@ -15,6 +15,8 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from maskserve.bundle import AreaColumn
+
 
 @torch.inference_mode()
 def reference_outputs(
@@ -107,8 +109,8 @@ def _panoptic(
     margin = torch.full(canvas_hw, torch.inf)
     areas = torch.zeros((num_queries, 4), dtype=torch.int32)
     for q in range(num_queries):
-        areas[q, 2] = int((probs[q] >= mask_threshold).sum())
-        areas[q, 3] = int((weighted[q] >= mask_threshold).sum())
+        areas[q, AreaColumn.MASK] = int((probs[q] >= mask_threshold).sum())
+        areas[q, AreaColumn.WEIGHTED_MASK] = int((weighted[q] >= mask_threshold).sum())
     if len(kept_ids) > 0:
         local_winner = weighted[kept_ids].argmax(0)
         winner = kept_ids[local_winner]
@@ -122,8 +124,8 @@ def _panoptic(
         margin[:valid_h, :valid_w] = to_threshold
         for q in kept_ids.tolist():
             region = winner == q
-            areas[q, 0] = int(region.sum())
-            areas[q, 1] = int((region & on).sum())
+            areas[q, AreaColumn.ARGMAX] = int(region.sum())
+            areas[q, AreaColumn.KEPT] = int((region & on).sum())
     return {
         "panoptic_map": panoptic_map,
         "panoptic_margin": margin,

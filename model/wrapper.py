@@ -17,8 +17,6 @@ class ServingMaskFormer(nn.Module):
     mask embedder, and replaces only what comes after them with ``FusedMaskHead``.
     """
 
-    input_names = ("pixel_values", "image_sizes", "score_threshold", "mask_threshold")
-
     def __init__(self, hf_model: MaskFormerForInstanceSegmentation, body_dtype: torch.dtype = torch.float32) -> None:
         """``body_dtype`` float16 runs everything up to the mask embeddings in half precision
         (pass a copy: the modules are converted in place); the fused head always computes
@@ -38,9 +36,17 @@ class ServingMaskFormer(nn.Module):
         score_threshold: Tensor,
         mask_threshold: Tensor,
     ) -> dict[str, Tensor]:
-        """Args: ``pixel_values (B, 3, H, W)`` float32, normalized, H and W multiples of 32;
-        ``image_sizes (B, 2)`` int64; ``score_threshold (B,)`` and ``mask_threshold (B,)``
-        float32. Returns the outputs listed in ``maskserve.bundle.OUTPUTS``."""
+        """Run the body and the fused head.
+
+        Args:
+            pixel_values: ``(B, 3, H, W)`` float32, normalized; H and W multiples of 32.
+            image_sizes: ``(B, 2)`` int64, the valid (letterboxed) height and width of each image.
+            score_threshold: ``(B,)`` float32, the panoptic query score threshold.
+            mask_threshold: ``(B,)`` float32, the mask probability threshold.
+
+        Returns:
+            The outputs listed in ``maskserve.bundle.OUTPUTS``.
+        """
         outputs = self.body(pixel_values.to(self.body_dtype), return_dict=True)
         queries = outputs.transformer_decoder_last_hidden_state  # (B, Q, C)
         pixel_embeddings = outputs.pixel_decoder_last_hidden_state  # (B, C, H/4, W/4)

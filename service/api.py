@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncGenerator
 from typing import Annotated, Any
 
@@ -16,34 +15,42 @@ from maskserve.bundle import Task
 from maskserve.service import pipeline
 from maskserve.service.errors import (
     ERROR_TABLE,
-    Draining,
     EmptyBody,
     InvalidRequest,
     PayloadTooLarge,
-    ServiceError,
     UnsupportedMediaType,
-    classify,
     error_body,
 )
-from maskserve.service.postprocess import TaskParams
-from maskserve.service.runtime import Runtime, State
 from maskserve.service.schemas import ErrorResponse, HealthResponse, LabelOut, ModelResponse, SegmentResponse
+from maskserve.service.state import SHUTTING_DOWN, ServerState, State
 
 router = APIRouter()
+SEGMENT_PATH = "/v1/segment"
 IMAGE_FIELD = "image"
 RAW_TYPES = ("application/octet-stream",)
 
 
-def get_runtime(request: Request) -> Runtime:
-    runtime: Runtime = request.app.state.runtime
-    return runtime
+def get_state(request: Request) -> ServerState:
+    state: ServerState = request.app.state.server
+    return state
 
 
-RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorResponse, "description": error_type}
-    for status, error_type, _ in sorted(ERROR_TABLE.values(), key=lambda row: row[0])
-}
+StateDep = Annotated[ServerState, Depends(get_state)]
+
+
+def _error_responses() -> dict[int | str, dict[str, Any]]:
+    """OpenAPI responses from the error table: one entry per status, naming every error type
+    that answers with it."""
+    types: dict[int, list[str]] = {}
+    for status, error_type, _ in ERROR_TABLE.values():
+        types.setdefault(status, []).append(error_type)
+    return {
+        status: {"model": ErrorResponse, "description": "error.type: " + ", ".join(f"`{t}`" for t in names)}
+        for status, names in sorted(types.items())
+    }
+
+
+_ERRORS = _error_responses()
 _BODY = {
     "requestBody": {
         "required": True,
@@ -62,7 +69,7 @@ _BODY = {
 
 
 @router.post(
-    "/v1/segment",
+    SEGMENT_PATH,
     response_model=SegmentResponse,
     responses=_ERRORS,
     openapi_extra=_BODY,
@@ -72,7 +79,7 @@ _BODY = {
 )
 async def segment(
     request: Request,
-    runtime: RuntimeDep,
+    server: StateDep,
     task: Annotated[Task | None, Query(description="panoptic, instance or semantic; default: the bundle's")] = None,
     threshold: Annotated[float | None, Query(ge=0, le=1, description="minimum segment score")] = None,
     mask_threshold: Annotated[float | None, Query(ge=0, le=1, description="mask probability cut-off")] = None,
@@ -80,58 +87,28 @@ async def segment(
     label_ids: Annotated[list[str] | None, Query(description="only these label ids (repeat or comma-separate)")] = None,
     min_area: Annotated[int, Query(ge=0, description="drop segments smaller than this many pixels")] = 0,
 ) -> Response:
-    arrival = request.scope.get("state", {}).get("arrival", time.monotonic())
-    if runtime.state is State.DRAINING:
-        runtime.metrics.rejected.labels("draining").inc()
-        raise Draining("the server is shutting down")
-    runtime.enter()  # from here on the request is in flight: a drain waits for it
-    try:
-        params = _params(runtime, task, threshold, mask_threshold, overlap_threshold, label_ids, min_area)
-        data = await _image_bytes(request, runtime.settings.max_body_bytes)
-        outcome = await pipeline.segment(runtime, data, params, arrival, lambda: _disconnected(request))
-    except ServiceError as exc:
-        reason = classify(exc)[2]
-        if reason is not None:
-            runtime.metrics.rejected.labels(reason).inc()
-        raise
-    except pipeline.ClientGone:
-        return Response(status_code=499)  # nginx's "client closed request"; nobody reads it
-    finally:
-        runtime.leave()
-    return Response(outcome.body, media_type="application/json")
-
-
-def _params(
-    runtime: Runtime,
-    task: str | None,
-    threshold: float | None,
-    mask_threshold: float | None,
-    overlap_threshold: float | None,
-    label_ids: list[str] | None,
-    min_area: int,
-) -> TaskParams:
-    manifest = runtime.bundle.manifest
-    defaults = manifest.thresholds
-    chosen = task or manifest.default_task
-    if chosen not in manifest.tasks:
-        raise InvalidRequest(f"task {chosen!r} is not served by this bundle (tasks: {', '.join(manifest.tasks)})")
-    wanted: frozenset[int] | None = None
-    if label_ids:
+    request.state.task = task or server.bundle.manifest.default_task  # the request-duration metric's label
+    arrival = request.state.arrival
+    async with server.admit() as serving:
+        params = serving.segmenter.params(
+            task, threshold, mask_threshold, overlap_threshold, _label_ids(label_ids), min_area
+        )
+        data = await _image_bytes(request, serving.settings.max_body_bytes)
         try:
-            wanted = frozenset(int(part) for item in label_ids for part in item.split(",") if part.strip())
-        except ValueError as exc:
-            raise InvalidRequest(f"label_ids must be integers: {label_ids}") from exc
-        unknown = sorted(i for i in wanted if not 0 <= i < manifest.num_labels)
-        if unknown:
-            raise InvalidRequest(f"label_ids {unknown} are not labels of this model (0..{manifest.num_labels - 1})")
-    return TaskParams(
-        task=chosen,
-        threshold=defaults.score if threshold is None else threshold,
-        mask_threshold=defaults.mask if mask_threshold is None else mask_threshold,
-        overlap_threshold=defaults.overlap if overlap_threshold is None else overlap_threshold,
-        label_ids=wanted,
-        min_area=min_area,
-    )
+            body = await pipeline.segment(serving, data, params, arrival, lambda: _disconnected(request))
+        except pipeline.ClientGone:
+            return Response(status_code=499)  # nginx's "client closed request"; nobody reads it
+    return Response(body, media_type="application/json")
+
+
+def _label_ids(values: list[str] | None) -> list[int] | None:
+    """``label_ids=0,2`` and ``label_ids=0&label_ids=2`` alike."""
+    if not values:
+        return None
+    try:
+        return [int(part) for item in values for part in item.split(",") if part.strip()]
+    except ValueError as exc:
+        raise InvalidRequest(f"label_ids must be integers: {values}") from exc
 
 
 async def _read_limited(request: Request, limit: int) -> bytes:
@@ -188,9 +165,9 @@ async def _disconnected(request: Request) -> None:
 
 
 @router.get("/v1/model", response_model=ModelResponse, summary="The served model and runtime")
-async def model_info(runtime: RuntimeDep) -> ModelResponse:
-    m = runtime.bundle.manifest
-    backend = runtime.backend
+async def model_info(server: StateDep) -> ModelResponse:
+    m = server.bundle.manifest
+    backend = server.segmenter.backend if server.segmenter is not None else None
     return ModelResponse(
         name=m.name,
         labels=[LabelOut(id=label.id, name=label.name, isthing=label.isthing) for label in m.labels],
@@ -198,14 +175,14 @@ async def model_info(runtime: RuntimeDep) -> ModelResponse:
         stuff=[label.id for label in m.labels if not label.isthing],
         tasks=list(m.tasks),
         default_task=m.default_task,
-        canvases=[f"{h}x{w}" for h, w in runtime.canvases],
+        canvases=[f"{h}x{w}" for h, w in server.canvases],
         backend=backend.name if backend else "loading",
         provider=backend.provider if backend else "loading",
-        max_batch_size=runtime.max_batch,
+        max_batch_size=server.max_batch,
         bundle_max_batch=m.max_batch,
         precision=m.precision,
         thresholds=m.thresholds.model_dump(),
-        panoptic_rule=runtime.panoptic_rule.value,
+        panoptic_rule=server.panoptic_rule.value,
         source={"checkpoint": m.source.checkpoint, "sha256": m.source.sha256, "backbone": m.source.backbone},
     )
 
@@ -215,25 +192,25 @@ _PROBE: dict[str, Any] = {"response_model": HealthResponse, "responses": {503: {
 
 @router.get("/healthz", summary="Liveness: the process answers", **_PROBE)
 @router.get("/v2/health/live", summary="Liveness (the KServe/Triton path)", **_PROBE)
-async def live(runtime: RuntimeDep) -> JSONResponse:
-    if runtime.state is State.FAILED:
-        return JSONResponse(error_body("failed", f"model failed to load: {runtime.failure}"), status_code=503)
+async def live(server: StateDep) -> JSONResponse:
+    if server.state is State.FAILED:
+        return JSONResponse(error_body("failed", f"model failed to load: {server.failure}"), status_code=503)
     return JSONResponse({"status": "ok"})
 
 
 @router.get("/readyz", summary="Readiness: loaded, warmed, not draining", **_PROBE)
 @router.get("/v2/health/ready", summary="Readiness (the KServe/Triton path)", **_PROBE)
-async def ready(runtime: RuntimeDep) -> JSONResponse:
-    if runtime.ready:
+async def ready(server: StateDep) -> JSONResponse:
+    if server.ready:
         return JSONResponse({"status": "ready"})
     message = {
         State.LOADING: "the model is loading",
-        State.DRAINING: "the server is shutting down",
-        State.FAILED: f"model failed to load: {runtime.failure}",
-    }[runtime.state]
-    return JSONResponse(error_body(runtime.state.value, message), status_code=503)
+        State.DRAINING: SHUTTING_DOWN,
+        State.FAILED: f"model failed to load: {server.failure}",
+    }[server.state]
+    return JSONResponse(error_body(server.state.value, message), status_code=503)
 
 
 @router.get("/metrics", summary="Prometheus metrics", include_in_schema=False)
-async def metrics(runtime: RuntimeDep) -> Response:
-    return Response(generate_latest(runtime.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+async def metrics(server: StateDep) -> Response:
+    return Response(generate_latest(server.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -7,30 +7,29 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from urllib.parse import parse_qs
 
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import maskserve
-from maskserve.service.api import router
+from maskserve.service.api import SEGMENT_PATH, router
 from maskserve.service.errors import install_handlers
-from maskserve.service.runtime import Runtime
+from maskserve.service.metrics import Metrics
 from maskserve.service.settings import Settings
+from maskserve.service.state import BackendWrapper, ServerState
 
 log = logging.getLogger("maskserve")
-SEGMENT_PATH = "/v1/segment"
-TASK_LABELS = ("panoptic", "instance", "semantic")
 
 
-def create_app(settings: Settings) -> FastAPI:
-    """Build the app. Raises ``BundleError`` for a bundle that cannot be served; the model
-    itself loads in the background once the server runs (``/readyz`` says when)."""
-    runtime = Runtime(settings)
+def create_app(settings: Settings, wrap_backend: BackendWrapper | None = None) -> FastAPI:
+    """Build the app. Raises ``BundleError`` or ``BackendError`` for a bundle that cannot be
+    served here; the model itself loads in the background once the server runs (``/readyz``
+    says when). ``wrap_backend`` wraps the loaded backend (a seam for tests)."""
+    server = ServerState(settings, wrap_backend=wrap_backend)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        load = asyncio.create_task(runtime.start(), name="maskserve-load")
+        load = asyncio.create_task(server.start(), name="maskserve-load")
         load.add_done_callback(lambda task: task.cancelled() or task.exception())  # logged in start()
         app.state.load_task = load
         try:
@@ -38,7 +37,7 @@ def create_app(settings: Settings) -> FastAPI:
         finally:
             load.cancel()
             await asyncio.gather(load, return_exceptions=True)
-            await runtime.close()
+            await server.close()
 
     app = FastAPI(
         title="maskserve",
@@ -46,27 +45,29 @@ def create_app(settings: Settings) -> FastAPI:
         summary="MaskFormer segmentation with dynamic batching; masks as COCO RLE.",
         lifespan=lifespan,
     )
-    app.state.runtime = runtime
-    install_handlers(app)
+    app.state.server = server
+    install_handlers(app, server.metrics)
     app.include_router(router)
-    app.add_middleware(RequestTiming, runtime=runtime)
+    app.add_middleware(RequestTiming, metrics=server.metrics)
     return app
 
 
 class RequestTiming:
-    """Stamps each segment request's arrival and records its end-to-end duration by task and
-    status, including requests that fail validation before reaching the route."""
+    """Stamps each request's arrival (``scope["state"]["arrival"]``, read by the route for its
+    deadline) and records segment requests' end-to-end duration by task and status, including
+    requests that fail validation before reaching the route (task ``invalid``)."""
 
-    def __init__(self, app: ASGIApp, runtime: Runtime) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
-        self.runtime = runtime
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] != SEGMENT_PATH:
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         arrival = time.monotonic()
-        scope.setdefault("state", {})["arrival"] = arrival
+        state = scope.setdefault("state", {})
+        state["arrival"] = arrival
         status = 499  # no response sent: the client went away
 
         async def send_with_status(message: Message) -> None:
@@ -78,7 +79,7 @@ class RequestTiming:
         try:
             await self.app(scope, receive, send_with_status)
         finally:
-            task = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("task", [None])[0]
-            task = task or self.runtime.bundle.manifest.default_task
-            label = task if task in TASK_LABELS else "invalid"
-            self.runtime.metrics.request_duration.labels(label, str(status)).observe(time.monotonic() - arrival)
+            task = state.get("task")  # set by the segment route once it has parsed the query
+            if task is not None or scope["path"] == SEGMENT_PATH:
+                label = task or "invalid"
+                self.metrics.request_duration.labels(label, str(status)).observe(time.monotonic() - arrival)

@@ -4,7 +4,8 @@ An asyncio queue per canvas shape (a batch holds one shape). The loop takes the 
 oldest job has waited longest, waits until its batch is full or until ``max_delay`` after that
 oldest job arrived, and runs the batch on a dedicated inference thread. Each job's future gets
 its own slice of the outputs, or the batch's exception. As in Ray Serve's ``_BatchQueue``: a
-"work arrived" event, a wait that shrinks with time, and a results-count check.
+"work arrived" event, a wait that shrinks with time, and a results-count check (in
+``Segmenter.forward``, which the batch calls).
 """
 
 from __future__ import annotations
@@ -14,37 +15,32 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import numpy.typing as npt
 
-from maskserve.service.backends.base import Backend, graph_feeds
 from maskserve.service.errors import DeadlineExceeded, Draining, InferenceFailed, QueueFull
 from maskserve.service.metrics import Metrics
+from maskserve.service.postprocess import TaskParams
+from maskserve.service.preprocess import Prepared
+from maskserve.service.segmenter import Segmenter
 
 log = logging.getLogger("maskserve")
 
 
-@dataclass(eq=False)
+@dataclass(frozen=True, eq=False)
 class Job:
-    """One image waiting for inference."""
+    """One prepared image waiting for inference, with its task and its deadline."""
 
-    pixels: npt.NDArray[np.float32]  # (3, H, W)
-    image_size: tuple[int, int]  # valid (h, w) inside the canvas
-    score_threshold: float
-    mask_threshold: float
-    outputs: tuple[str, ...]  # the graph outputs this job's task needs
+    prepared: Prepared
+    params: TaskParams
     deadline: float  # time.monotonic() after which the job is dropped
-    enqueued: float = field(init=False, repr=False)  # set by Batcher.submit
-    future: asyncio.Future[JobResult] = field(init=False, repr=False)  # created by Batcher.submit
 
     @property
     def canvas(self) -> tuple[int, int]:
-        return (self.pixels.shape[1], self.pixels.shape[2])
+        return self.prepared.canvas
 
 
 @dataclass(frozen=True)
@@ -55,24 +51,25 @@ class JobResult:
     batch_size: int
 
 
+@dataclass(eq=False)
+class _Entry:
+    """A queued job with its future, as Ray's ``_SingleRequest`` pairs a request with its future."""
+
+    job: Job
+    future: asyncio.Future[JobResult]
+    enqueued: float
+
+
 class Batcher:
     def __init__(
-        self,
-        backend: Backend,
-        max_batch: int,
-        max_delay_s: float,
-        max_queue: int,
-        metrics: Metrics,
-        clock: Callable[[], float] = time.monotonic,
+        self, segmenter: Segmenter, max_batch: int, max_delay_s: float, max_queue: int, metrics: Metrics
     ) -> None:
-        self.backend = backend
+        self.segmenter = segmenter
         self.max_batch = max_batch
         self.max_delay_s = max_delay_s
         self.max_queue = max_queue
         self.metrics = metrics
-        self.clock = clock
-        self._queues: dict[tuple[int, int], deque[Job]] = {}
-        self._depth = 0
+        self._queues: dict[tuple[int, int], deque[_Entry]] = {}
         self._closed = False
         self._per_image_s = 0.0  # moving average of model time per image, for Retry-After
         self._work = asyncio.Event()
@@ -81,39 +78,41 @@ class Batcher:
 
     @property
     def depth(self) -> int:
-        return self._depth
+        """Images waiting for a batch (not counting the batch running)."""
+        return sum(len(queue) for queue in self._queues.values())
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="maskserve-batcher")
 
     def retry_after_s(self) -> int:
         """Seconds until the queue ahead would be served: depth x recent time per image."""
-        return max(1, math.ceil((self._depth + 1) * self._per_image_s))
+        return max(1, math.ceil((self.depth + 1) * self._per_image_s))
 
     def submit(self, job: Job) -> asyncio.Future[JobResult]:
         if self._closed:
             raise Draining("the server is shutting down")
-        if self._depth >= self.max_queue:
+        depth = self.depth
+        if depth >= self.max_queue:
             wait = self.retry_after_s()
             raise QueueFull(
-                f"the queue is full ({self._depth} images waiting); retry in {wait} s",
-                headers={"Retry-After": str(wait)},
+                f"the queue is full ({depth} images waiting); retry in {wait} s", headers={"Retry-After": str(wait)}
             )
-        job.future = asyncio.get_running_loop().create_future()
-        job.enqueued = self.clock()
-        self._queues.setdefault(job.canvas, deque()).append(job)
-        self._set_depth(self._depth + 1)
+        future: asyncio.Future[JobResult] = asyncio.get_running_loop().create_future()
+        self._queues.setdefault(job.canvas, deque()).append(_Entry(job, future, time.monotonic()))
+        self._publish_depth()
         self._work.set()
-        return job.future
+        return future
 
     def cancel(self, job: Job) -> None:
-        """Drop a job whose client went away or whose deadline passed, if it is still queued."""
-        queue = self._queues.get(job.canvas)
-        if queue is not None and job in queue:
-            queue.remove(job)
-            self._set_depth(self._depth - 1)
-        if not job.future.done():
-            job.future.cancel()
+        """Drop a job whose client went away or whose deadline passed, if it is still queued
+        (a job in the running batch finishes; its result is discarded)."""
+        queue = self._queues.get(job.canvas, deque())
+        for entry in queue:
+            if entry.job is job:
+                queue.remove(entry)
+                entry.future.cancel()
+                self._publish_depth()
+                return
 
     async def close(self) -> None:
         self._closed = True
@@ -122,15 +121,14 @@ class Batcher:
             await asyncio.gather(self._task, return_exceptions=True)
         for queue in self._queues.values():
             while queue:
-                job = queue.popleft()
-                if not job.future.done():
-                    job.future.set_exception(Draining("the server shut down before this request ran"))
-        self._set_depth(0)
+                entry = queue.popleft()
+                if not entry.future.done():
+                    entry.future.set_exception(Draining("the server shut down before this request ran"))
+        self._publish_depth()
         self._executor.shutdown(wait=True)
 
-    def _set_depth(self, depth: int) -> None:
-        self._depth = depth
-        self.metrics.queue_depth.set(depth)
+    def _publish_depth(self) -> None:
+        self.metrics.queue_depth.set(self.depth)
 
     def _oldest_canvas(self) -> tuple[int, int] | None:
         heads = [(queue[0].enqueued, canvas) for canvas, queue in self._queues.items() if queue]
@@ -146,7 +144,7 @@ class Batcher:
             queue = self._queues[canvas]
             # The window is anchored at the oldest job: late arrivals never extend it.
             while 0 < len(queue) < self.max_batch:
-                remaining = queue[0].enqueued + self.max_delay_s - self.clock()
+                remaining = queue[0].enqueued + self.max_delay_s - time.monotonic()
                 if remaining <= 0:
                     break
                 self._work.clear()
@@ -154,61 +152,52 @@ class Batcher:
                     await asyncio.wait_for(self._work.wait(), remaining)
                 except TimeoutError:
                     break
-            jobs = self._take(queue)
-            if jobs:
+            entries = self._take(queue)
+            if entries:
                 try:
-                    await self._run(jobs)
+                    await self._run(entries)
                 except Exception as exc:  # a bug here must not stop batching for everyone
                     log.exception("batch handling failed")
-                    for job in jobs:
-                        if not job.future.done():
-                            job.future.set_exception(InferenceFailed(f"batch handling failed: {exc}"))
+                    for entry in entries:
+                        if not entry.future.done():
+                            entry.future.set_exception(InferenceFailed(f"batch handling failed: {exc}"))
 
-    def _take(self, queue: deque[Job]) -> list[Job]:
-        jobs: list[Job] = []
-        now = self.clock()
-        while queue and len(jobs) < self.max_batch:
-            job = queue.popleft()
-            self._depth -= 1
-            if job.future.done():  # cancelled: client gone
+    def _take(self, queue: deque[_Entry]) -> list[_Entry]:
+        """The next batch, dropping expired jobs. This is the deadline's race guard: the
+        request handler times out on its own, but a job may expire between its last check and
+        the start of its batch, and must not run for nobody."""
+        entries: list[_Entry] = []
+        now = time.monotonic()
+        while queue and len(entries) < self.max_batch:
+            entry = queue.popleft()
+            if now > entry.job.deadline:
+                entry.future.set_exception(DeadlineExceeded("the request waited past its deadline and was dropped"))
                 continue
-            if now > job.deadline:
-                job.future.set_exception(DeadlineExceeded("the request waited past its deadline and was dropped"))
-                continue
-            jobs.append(job)
-        self._set_depth(self._depth)
-        return jobs
+            entries.append(entry)
+        self._publish_depth()
+        return entries
 
-    async def _run(self, jobs: list[Job]) -> None:
-        feeds = graph_feeds(
-            np.stack([job.pixels for job in jobs]),
-            [job.image_size for job in jobs],
-            [job.score_threshold for job in jobs],
-            [job.mask_threshold for job in jobs],
-        )
-        names = sorted({name for job in jobs for name in job.outputs})
-        started = self.clock()
+    async def _run(self, entries: list[_Entry]) -> None:
+        jobs = [entry.job for entry in entries]
+        started = time.monotonic()
         try:
-            results = await asyncio.get_running_loop().run_in_executor(self._executor, self.backend.run, feeds, names)
-            wrong = [name for name in names if results[name].shape[0] != len(jobs)]
-            if wrong:
-                raise RuntimeError(f"the backend returned the wrong batch size for {wrong}")
+            outputs = await asyncio.get_running_loop().run_in_executor(
+                self._executor, self.segmenter.forward, [job.prepared for job in jobs], [job.params for job in jobs]
+            )
         except Exception as exc:
             self.metrics.batch_failures.inc()
             failure = InferenceFailed(f"inference failed for this batch of {len(jobs)}: {exc}")
-            for job in jobs:
-                if not job.future.done():
-                    job.future.set_exception(failure)
+            for entry in entries:
+                if not entry.future.done():
+                    entry.future.set_exception(failure)
             return
-        elapsed = self.clock() - started
-        self._per_image_s = (
-            elapsed / len(jobs) if self._per_image_s == 0 else 0.8 * self._per_image_s + 0.2 * (elapsed / len(jobs))
-        )
+        elapsed = time.monotonic() - started
+        per_image = elapsed / len(jobs)
+        self._per_image_s = per_image if self._per_image_s == 0 else 0.8 * self._per_image_s + 0.2 * per_image
         self.metrics.batch_size.observe(len(jobs))
         self.metrics.inferences.inc(len(jobs))
-        self.metrics.executions.inc()
-        for index, job in enumerate(jobs):
-            if job.future.done():
-                continue
-            outputs = {name: results[name][index] for name in job.outputs}
-            job.future.set_result(JobResult(outputs, started - job.enqueued, elapsed, len(jobs)))
+        self.metrics.batches.inc()
+        log.debug("batch of %d at %dx%d: %.3f s", len(jobs), *jobs[0].canvas, elapsed)
+        for entry, image_outputs in zip(entries, outputs, strict=True):
+            if not entry.future.done():
+                entry.future.set_result(JobResult(image_outputs, started - entry.enqueued, elapsed, len(jobs)))

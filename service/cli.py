@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from pathlib import Path
+
+from maskserve.errors import UsageError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -18,8 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
-    from maskserve.bundle import BundleError
     from maskserve.service.app import create_app
+    from maskserve.service.backends import BackendError
     from maskserve.service.server import run
     from maskserve.service.settings import Settings
 
@@ -27,14 +28,14 @@ def main(args: argparse.Namespace) -> int:
     try:
         settings = Settings(**overrides)
     except ValidationError as exc:
+        problems = []
         for error in exc.errors():
             where = ".".join(str(part) for part in error["loc"]) or "settings"
-            print(f"error: setting {where}: {error['msg']}", file=sys.stderr)
-        return 2
+            problems.append(f"setting {where}: {error['msg']}")
+        raise UsageError("; ".join(problems)) from None
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         app = create_app(settings)
-    except BundleError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return run(app, app.state.runtime)
+    except BackendError as exc:  # nothing to run the bundle on: an installation problem
+        raise UsageError(str(exc)) from None
+    return run(app, app.state.server)

@@ -18,6 +18,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from maskserve.service.errors import EmptyBody, ImageTooLarge, InvalidImage, UnsupportedMediaType
 
 FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")
+# The default pixel limit (MASKSERVE_MAX_IMAGE_PIXELS), checked from the header before decoding.
+DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
 
 
 def open_image(data: bytes, max_pixels: int) -> Image.Image:

@@ -6,12 +6,15 @@ Every error response has the same body: ``{"error": {"type": ..., "message": ...
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+if TYPE_CHECKING:
+    from maskserve.service.metrics import Metrics
 
 log = logging.getLogger("maskserve")
 
@@ -101,11 +104,15 @@ def error_response(error: ServiceError) -> JSONResponse:
     return JSONResponse(error_body(error_type, error.message), status_code=status, headers=error.headers)
 
 
-def install_handlers(app: FastAPI) -> None:
-    """Give framework errors (404, 405, query validation, anything unexpected) the same shape."""
+def install_handlers(app: FastAPI, metrics: Metrics) -> None:
+    """Give framework errors (404, 405, query validation, anything unexpected) the same shape,
+    and count every refusal by its reason, in this one place."""
 
     async def service_error(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ServiceError)
+        reason = classify(exc)[2]
+        if reason is not None:
+            metrics.rejected.labels(reason).inc()
         return error_response(exc)
 
     async def http_error(_: Request, exc: Exception) -> JSONResponse:

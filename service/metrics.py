@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
+from maskserve.service.errors import ERROR_TABLE
+
 # Segmentation requests take from ~5 ms (tiny model, GPU) to tens of seconds (large images on
 # CPU under load): log-spaced buckets over that range.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0)
 STAGES = ("decode", "preprocess", "queue_wait", "inference", "postprocess", "encode")
-REJECT_REASONS = ("queue_full", "deadline", "payload", "bad_image", "draining")
+REJECT_REASONS = tuple(dict.fromkeys(reason for _, _, reason in ERROR_TABLE.values() if reason is not None))
 
 
 class Metrics:
@@ -62,7 +64,7 @@ class Metrics:
             buckets=(256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304),
             registry=r,
         )
-        self.segments = Histogram(
+        self.segments_per_image = Histogram(
             "maskserve_segments_per_image",
             "Segments returned per image.",
             buckets=(0, 1, 2, 4, 8, 16, 32, 64, 128, 256),
@@ -80,7 +82,7 @@ class Metrics:
             "Images run through the model (Triton: nv_inference_count).",
             registry=r,
         )
-        self.executions = Counter(
+        self.batches = Counter(
             "maskserve_batches_total",
             "Model calls; inferences / batches is the mean batch size (Triton: nv_inference_exec_count).",
             registry=r,

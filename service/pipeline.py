@@ -1,89 +1,63 @@
-"""One segment request, stage by stage: decode and preprocess in the worker pool, wait for a
-batch, post-process and encode in the pool. Returns the JSON body and per-stage timings."""
+"""One segment request, stage by stage, on the ``Segmenter``'s request path: prepare in the worker
+pool, wait for a batch (the batcher calls ``Segmenter.forward``), post-process and render in the
+pool. Returns the JSON body."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
-from maskserve.bundle import TASK_OUTPUTS
-from maskserve.service.batcher import Job, JobResult
-from maskserve.service.errors import DeadlineExceeded, NotReady
-from maskserve.service.postprocess import Segment, TaskParams, postprocess
-from maskserve.service.preprocess import Prepared, prepare
-from maskserve.service.runtime import Runtime, State
+from maskserve.service.batcher import Batcher, Job, JobResult
+from maskserve.service.errors import DeadlineExceeded
+from maskserve.service.postprocess import TaskParams
+from maskserve.service.response import render_json
+from maskserve.service.state import Serving
 
 
 class ClientGone(Exception):
     """The client disconnected while its request waited; nothing will be sent."""
 
 
-@dataclass(frozen=True)
-class Outcome:
-    body: bytes
-    segments: int
-    timing: dict[str, float]
-
-
 async def segment(
-    runtime: Runtime,
+    serving: Serving,
     data: bytes,
     params: TaskParams,
     arrival: float,
     client_gone: Callable[[], Awaitable[Any]],
-) -> Outcome:
+) -> bytes:
     """Run one request end to end. ``arrival`` is its ``time.monotonic()`` start;
     ``client_gone()`` returns an awaitable that completes if the client disconnects."""
-    if runtime.batcher is None or runtime.state in (State.LOADING, State.FAILED):
-        raise NotReady("the model is still loading")
     loop = asyncio.get_running_loop()
-    metrics = runtime.metrics
-    timing: dict[str, float] = {}
+    segmenter, metrics, pool = serving.segmenter, serving.metrics, serving.pool
+    timeout_s = serving.settings.request_timeout_s
 
-    prepared: Prepared = await loop.run_in_executor(
-        runtime.pool, prepare, data, runtime.settings.max_image_pixels, runtime.canvases, runtime.normalizer
-    )
-    timing["decode"], timing["preprocess"] = prepared.decode_s, prepared.preprocess_s
+    prepared = await loop.run_in_executor(pool, segmenter.prepare, data)
     metrics.input_megapixels.observe(prepared.megapixels)
     metrics.padding_ratio.observe(prepared.padding_ratio)
 
-    job = Job(
-        pixels=prepared.pixels,
-        image_size=prepared.letterbox.valid,
-        score_threshold=params.threshold,
-        mask_threshold=params.mask_threshold,
-        outputs=TASK_OUTPUTS[params.task],  # type: ignore[index]
-        deadline=arrival + runtime.settings.request_timeout_s,
-    )
-    result = await _wait(runtime, job, client_gone)
-    timing["queue_wait"], timing["inference"] = result.queue_wait, result.inference
+    job = Job(prepared=prepared, params=params, deadline=arrival + timeout_s)
+    waited = await _wait(serving.batcher, job, client_gone, timeout_s)
 
+    result = await loop.run_in_executor(pool, segmenter.postprocess, waited.outputs, prepared, params, waited.inference)
+    timing = {**result.timing, "queue_wait": waited.queue_wait}
     started = time.perf_counter()
-    segments = await loop.run_in_executor(
-        runtime.pool, postprocess, result.outputs, prepared.letterbox, params, runtime.isthing, runtime.panoptic_rule
+    body = await loop.run_in_executor(
+        pool, render_json, segmenter.manifest.name, result, timing, time.monotonic() - arrival
     )
-    timing["postprocess"] = time.perf_counter() - started
-    timing["total"] = time.monotonic() - arrival
-
-    started = time.perf_counter()
-    body = await loop.run_in_executor(runtime.pool, encode, runtime, params, prepared, segments, timing)
-    encode_s = time.perf_counter() - started
-    for stage, seconds in (*timing.items(), ("encode", encode_s)):
-        if stage != "total":
-            metrics.stage_duration.labels(stage).observe(seconds)
-    metrics.segments.observe(len(segments))
+    for stage, seconds in (*timing.items(), ("encode", time.perf_counter() - started)):
+        metrics.stage_duration.labels(stage).observe(seconds)
+    metrics.segments_per_image.observe(len(result.segments))
     metrics.response_bytes.observe(len(body))
-    return Outcome(body=body, segments=len(segments), timing=timing)
+    return body
 
 
-async def _wait(runtime: Runtime, job: Job, client_gone: Callable[[], Awaitable[Any]]) -> JobResult:
-    """Wait for the job's batch, the deadline, or the client leaving, whichever comes first."""
-    assert runtime.batcher is not None
-    future = runtime.batcher.submit(job)
+async def _wait(batcher: Batcher, job: Job, client_gone: Callable[[], Awaitable[Any]], timeout_s: float) -> JobResult:
+    """Wait for the job's batch, the deadline, or the client leaving, whichever comes first.
+    Whatever ends the wait, a job that has not run leaves the queue, including when this
+    handler itself is cancelled (the server shutting down)."""
+    future = batcher.submit(job)
     gone = asyncio.ensure_future(client_gone())
     try:
         done, _ = await asyncio.wait(
@@ -91,36 +65,10 @@ async def _wait(runtime: Runtime, job: Job, client_gone: Callable[[], Awaitable[
         )
     finally:
         gone.cancel()
+        if not future.done():
+            batcher.cancel(job)
     if future in done:
         return future.result()
-    runtime.batcher.cancel(job)
     if gone in done:
         raise ClientGone()
-    raise DeadlineExceeded(f"no result within the {runtime.settings.request_timeout_s:g} s request deadline")
-
-
-def encode(
-    runtime: Runtime, params: TaskParams, prepared: Prepared, segments: list[Segment], timing: dict[str, float]
-) -> bytes:
-    manifest = runtime.bundle.manifest
-    height, width = prepared.letterbox.original
-    body = {
-        "model": manifest.name,
-        "task": params.task,
-        "image": {"width": width, "height": height},
-        "segments": [
-            {
-                "id": s.id,
-                "label_id": s.label_id,
-                "label": manifest.label_name(s.label_id),
-                "score": s.score,
-                "isthing": s.isthing,
-                "area": s.mask.area,
-                "bbox": list(s.mask.bbox),
-                "rle": s.mask.rle,
-            }
-            for s in segments
-        ],
-        "timing": {stage: round(seconds, 6) for stage, seconds in timing.items()},
-    }
-    return json.dumps(body, separators=(",", ":")).encode()
+    raise DeadlineExceeded(f"no result within the {timeout_s:g} s request deadline")

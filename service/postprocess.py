@@ -7,10 +7,11 @@ the RLE encoding, all vectorized NumPy.
 
 Panoptic rules (``PanopticRule``):
 
-* ``paper`` (default) follows facebookresearch/MaskFormer ``panoptic_inference``: a segment is
-  the argmax region *intersected* with its own mask (``prob >= mask_threshold``), the
-  overlap test divides the argmax area by the unweighted mask area and keeps ``>=``, and
-  segment ids are unique.
+* ``paper`` (default): a segment is the argmax region *intersected* with its own mask
+  (``prob >= mask_threshold``), the overlap test divides the argmax area by the unweighted mask
+  area and keeps ``>=``, and segment ids are unique. The intersection is Mask2Former's
+  ``panoptic_inference``; facebookresearch/MaskFormer's keeps the whole argmax region (the line
+  is commented out there), so this name is wrong about its source: see docs/postprocessing.md.
 * ``transformers`` reproduces ``MaskFormerImageProcessor.post_process_panoptic_segmentation``:
   the segment is the whole argmax region, the overlap test divides by the *score-weighted*
   mask area and keeps ``>``.
@@ -21,6 +22,7 @@ set to the stuff labels); a fused segment's score is its best query's score.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -28,9 +30,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from maskserve.bundle import AreaColumn, Task
+from maskserve.service.preprocess import Letterbox
+from maskserve.service.result import Segment
 from maskserve.service.rle import EncodedMask, encode_label_map
-
-ARGMAX, KEPT, MASK, WEIGHTED_MASK = range(4)  # maskserve.bundle.PANOPTIC_AREA_COLUMNS
 
 
 class PanopticRule(StrEnum):
@@ -39,31 +42,15 @@ class PanopticRule(StrEnum):
 
 
 @dataclass(frozen=True)
-class Letterbox:
-    """Where an image sits in its canvas: scaled to ``valid`` (h, w) at the top-left corner."""
-
-    canvas: tuple[int, int]
-    valid: tuple[int, int]
-    original: tuple[int, int]
-
-
-@dataclass(frozen=True)
 class TaskParams:
-    task: str
-    threshold: float
+    """One request's task and thresholds (validated by ``Segmenter.params``)."""
+
+    task: Task
+    score_threshold: float
     mask_threshold: float
     overlap_threshold: float
     label_ids: frozenset[int] | None = None
     min_area: int = 0
-
-
-@dataclass(frozen=True)
-class Segment:
-    id: int
-    label_id: int
-    score: float | None
-    isthing: bool
-    mask: EncodedMask
 
 
 @dataclass(frozen=True)
@@ -72,7 +59,6 @@ class Candidate:
 
     label_id: int
     score: float | None
-    isthing: bool
     source: int  # index into Plan.maps
     value: int  # the segment's value in that map
 
@@ -87,60 +73,134 @@ class Plan:
     candidates: list[Candidate]
 
 
-def postprocess(
-    outputs: dict[str, npt.NDArray[Any]],
-    letterbox: Letterbox,
-    params: TaskParams,
-    isthing: npt.NDArray[np.bool_],
-    rule: PanopticRule = PanopticRule.PAPER,
-) -> list[Segment]:
-    """Segments for one image, in original pixel coordinates.
+class PostProcessor:
+    """The host half of the request path for one bundle's labels and one panoptic rule."""
 
-    Args:
-        outputs: this image's slice of the graph outputs the task needs (no batch dim).
-        isthing: ``(K,)`` per label.
-    """
-    return encode(plan(outputs, letterbox, params, isthing, rule), params)
+    def __init__(self, labels: Sequence[str], isthing: Sequence[bool], rule: PanopticRule = PanopticRule.PAPER) -> None:
+        if len(labels) != len(isthing):
+            raise ValueError(f"{len(labels)} label names but {len(isthing)} thing flags")
+        self.labels = tuple(labels)
+        self.isthing = np.asarray(isthing, dtype=bool)  # (K,)
+        self.rule = rule
 
+    def __call__(self, outputs: dict[str, npt.NDArray[Any]], letterbox: Letterbox, params: TaskParams) -> list[Segment]:
+        """Segments for one image, in original pixel coordinates.
 
-def plan(
-    outputs: dict[str, npt.NDArray[Any]],
-    letterbox: Letterbox,
-    params: TaskParams,
-    isthing: npt.NDArray[np.bool_],
-    rule: PanopticRule = PanopticRule.PAPER,
-) -> Plan:
-    """The decisions: which segments exist, with which labels and scores, and their maps."""
-    if params.task == "semantic":
-        decided = _semantic(outputs["semantic_map"], letterbox, isthing)
-    elif params.task == "panoptic":
-        decided = _panoptic(outputs, letterbox, params, isthing, rule)
-    elif params.task == "instance":
-        decided = _instance(outputs, letterbox, params, isthing)
-    else:
-        raise ValueError(f"unknown task {params.task!r}")
-    if params.label_ids is None:
-        return decided
-    wanted = [c for c in decided.candidates if c.label_id in params.label_ids]
-    return Plan(decided.height, decided.maps, wanted)
+        Args:
+            outputs: this image's slice of the graph outputs the task needs (no batch dim).
+        """
+        return self.encode_segments(self.plan(outputs, letterbox, params), params)
 
+    def plan(self, outputs: dict[str, npt.NDArray[Any]], letterbox: Letterbox, params: TaskParams) -> Plan:
+        """The decisions: which segments exist, with which labels and scores, and their maps."""
+        if params.task == "semantic":
+            decided = self._semantic(outputs["semantic_map"], letterbox)
+        elif params.task == "panoptic":
+            decided = self._panoptic(outputs, letterbox, params)
+        elif params.task == "instance":
+            decided = self._instance(outputs, letterbox, params)
+        else:
+            raise ValueError(f"unknown task {params.task!r}")
+        if params.label_ids is None:
+            return decided
+        wanted = [c for c in decided.candidates if c.label_id in params.label_ids]
+        return Plan(decided.height, decided.maps, wanted)
 
-def encode(plan: Plan, params: TaskParams) -> list[Segment]:
-    """COCO RLE for every candidate (one pass per map), then the area filter."""
-    encoded: list[EncodedMask | None] = [None] * len(plan.candidates)
-    for source, flat in enumerate(plan.maps):
-        members = [i for i, c in enumerate(plan.candidates) if c.source == source]
-        if not members:
-            continue
-        masks = encode_label_map(flat, plan.height, [plan.candidates[i].value for i in members])
-        for i, encoded_mask in zip(members, masks, strict=True):
-            encoded[i] = encoded_mask
-    segments: list[Segment] = []
-    for candidate, mask in zip(plan.candidates, encoded, strict=True):
-        if mask is None or mask.area == 0 or mask.area < params.min_area:
-            continue
-        segments.append(Segment(len(segments) + 1, candidate.label_id, candidate.score, candidate.isthing, mask))
-    return segments
+    def encode_segments(self, plan: Plan, params: TaskParams) -> list[Segment]:
+        """COCO RLE for every candidate (one pass per map), then the area filter."""
+        encoded: list[EncodedMask | None] = [None] * len(plan.candidates)
+        for source, flat in enumerate(plan.maps):
+            members = [i for i, c in enumerate(plan.candidates) if c.source == source]
+            if not members:
+                continue
+            masks = encode_label_map(flat, plan.height, [plan.candidates[i].value for i in members])
+            for i, encoded_mask in zip(members, masks, strict=True):
+                encoded[i] = encoded_mask
+        segments: list[Segment] = []
+        for candidate, mask in zip(plan.candidates, encoded, strict=True):
+            if mask is None or mask.area == 0 or mask.area < params.min_area:
+                continue
+            label = candidate.label_id
+            segments.append(
+                Segment(
+                    id=len(segments) + 1,
+                    label_id=label,
+                    label=self.labels[label],
+                    score=candidate.score,
+                    isthing=bool(self.isthing[label]),
+                    area=mask.area,
+                    bbox=mask.bbox,
+                    rle=mask.rle,
+                )
+            )
+        return segments
+
+    def _semantic(self, label_map: npt.NDArray[np.int32], letterbox: Letterbox) -> Plan:
+        flat = column_major_resized(label_map, letterbox)
+        present = np.flatnonzero(np.bincount(flat[flat >= 0], minlength=len(self.isthing)))
+        candidates = [Candidate(int(label), None, 0, int(label)) for label in present]
+        return Plan(letterbox.original[0], [flat], candidates)
+
+    def _panoptic(self, outputs: dict[str, npt.NDArray[Any]], letterbox: Letterbox, params: TaskParams) -> Plan:
+        labels = outputs["query_labels"].astype(np.int64)
+        scores = outputs["query_scores"].astype(np.float32)
+        areas = outputs["panoptic_areas"].astype(np.int64)
+        isthing = self.isthing
+        num_queries, num_labels = labels.shape[0], isthing.shape[0]
+        kept = np.flatnonzero((labels != num_labels) & (scores > np.float32(params.score_threshold)))
+
+        # lut maps panoptic_map values (q, q + Q, and -1 as the last entry) to segment numbers.
+        lut = np.zeros(2 * num_queries + 1, dtype=np.int32)
+        segment_label: list[int] = []
+        segment_score: list[float] = []
+        stuff_segment: dict[int, int] = {}
+        for q in kept.tolist():
+            argmax_area = areas[q, AreaColumn.ARGMAX]
+            if self.rule is PanopticRule.PAPER:
+                original = areas[q, AreaColumn.MASK]
+                exists = argmax_area > 0 and original > 0 and areas[q, AreaColumn.KEPT] > 0
+                exists = exists and argmax_area / original >= params.overlap_threshold
+            else:
+                original = areas[q, AreaColumn.WEIGHTED_MASK]
+                exists = argmax_area > 0 and original > 0 and argmax_area / original > params.overlap_threshold
+            if not exists:
+                continue
+            label = int(labels[q])
+            if not isthing[label] and label in stuff_segment:
+                number = stuff_segment[label]
+                segment_score[number - 1] = max(segment_score[number - 1], float(scores[q]))
+            else:
+                segment_label.append(label)
+                segment_score.append(float(scores[q]))
+                number = len(segment_label)
+                if not isthing[label]:
+                    stuff_segment[label] = number
+            lut[q] = number
+            if self.rule is PanopticRule.TRANSFORMERS:
+                lut[q + num_queries] = number
+        if not segment_label:
+            return Plan(letterbox.original[0], [], [])
+        flat = column_major_resized(lut[outputs["panoptic_map"]], letterbox)
+        candidates = [
+            Candidate(label, round(score, 6), 0, number)
+            for number, (label, score) in enumerate(zip(segment_label, segment_score, strict=True), start=1)
+        ]
+        return Plan(letterbox.original[0], [flat], candidates)
+
+    def _instance(self, outputs: dict[str, npt.NDArray[Any]], letterbox: Letterbox, params: TaskParams) -> Plan:
+        labels = outputs["instance_labels"].astype(np.int64)
+        scores = outputs["instance_scores"].astype(np.float32)
+        masks = outputs["instance_masks"]
+        candidates = np.flatnonzero(scores >= np.float32(params.score_threshold))
+        candidates = candidates[np.argsort(-scores[candidates], kind="stable")]
+        maps: list[npt.NDArray[Any]] = []
+        found: list[Candidate] = []
+        for j in candidates.tolist():
+            if not masks[j].any():
+                continue
+            found.append(Candidate(int(labels[j]), round(float(scores[j]), 6), len(maps), 1))
+            maps.append(column_major_resized(masks[j], letterbox, scale=4))
+        return Plan(letterbox.original[0], maps, found)
 
 
 def resize_indices(source: int, valid: float, target: int) -> npt.NDArray[np.intp]:
@@ -165,84 +225,3 @@ def column_major_resized(
     rows = resize_indices(label_map.shape[0], height / scale, orig_h)
     cols = resize_indices(label_map.shape[1], width / scale, orig_w)
     return label_map.T[cols][:, rows].ravel()  # (W, H) C-order == (H, W) Fortran order
-
-
-def _semantic(label_map: npt.NDArray[np.int32], letterbox: Letterbox, isthing: npt.NDArray[np.bool_]) -> Plan:
-    flat = column_major_resized(label_map, letterbox)
-    present = np.flatnonzero(np.bincount(flat[flat >= 0], minlength=len(isthing)))
-    candidates = [Candidate(int(label), None, bool(isthing[label]), 0, int(label)) for label in present]
-    return Plan(letterbox.original[0], [flat], candidates)
-
-
-def _panoptic(
-    outputs: dict[str, npt.NDArray[Any]],
-    letterbox: Letterbox,
-    params: TaskParams,
-    isthing: npt.NDArray[np.bool_],
-    rule: PanopticRule,
-) -> Plan:
-    labels = outputs["query_labels"].astype(np.int64)
-    scores = outputs["query_scores"].astype(np.float32)
-    areas = outputs["panoptic_areas"].astype(np.int64)
-    num_queries, num_labels = labels.shape[0], isthing.shape[0]
-    kept = np.flatnonzero((labels != num_labels) & (scores > np.float32(params.threshold)))
-
-    # lut maps panoptic_map values (q, q + Q, and -1 as the last entry) to segment numbers.
-    lut = np.zeros(2 * num_queries + 1, dtype=np.int32)
-    segment_label: list[int] = []
-    segment_score: list[float] = []
-    stuff_segment: dict[int, int] = {}
-    for q in kept.tolist():
-        argmax_area = areas[q, ARGMAX]
-        if rule is PanopticRule.PAPER:
-            original = areas[q, MASK]
-            exists = argmax_area > 0 and original > 0 and areas[q, KEPT] > 0
-            exists = exists and argmax_area / original >= params.overlap_threshold
-        else:
-            original = areas[q, WEIGHTED_MASK]
-            exists = argmax_area > 0 and original > 0 and argmax_area / original > params.overlap_threshold
-        if not exists:
-            continue
-        label = int(labels[q])
-        if not isthing[label] and label in stuff_segment:
-            number = stuff_segment[label]
-            segment_score[number - 1] = max(segment_score[number - 1], float(scores[q]))
-        else:
-            segment_label.append(label)
-            segment_score.append(float(scores[q]))
-            number = len(segment_label)
-            if not isthing[label]:
-                stuff_segment[label] = number
-        lut[q] = number
-        if rule is PanopticRule.TRANSFORMERS:
-            lut[q + num_queries] = number
-    if not segment_label:
-        return Plan(letterbox.original[0], [], [])
-    flat = column_major_resized(lut[outputs["panoptic_map"]], letterbox)
-    candidates = [
-        Candidate(label, round(score, 6), bool(isthing[label]), 0, number)
-        for number, (label, score) in enumerate(zip(segment_label, segment_score, strict=True), start=1)
-    ]
-    return Plan(letterbox.original[0], [flat], candidates)
-
-
-def _instance(
-    outputs: dict[str, npt.NDArray[Any]],
-    letterbox: Letterbox,
-    params: TaskParams,
-    isthing: npt.NDArray[np.bool_],
-) -> Plan:
-    labels = outputs["instance_labels"].astype(np.int64)
-    scores = outputs["instance_scores"].astype(np.float32)
-    masks = outputs["instance_masks"]
-    candidates = np.flatnonzero(scores >= np.float32(params.threshold))
-    candidates = candidates[np.argsort(-scores[candidates], kind="stable")]
-    maps: list[npt.NDArray[Any]] = []
-    found: list[Candidate] = []
-    for j in candidates.tolist():
-        if not masks[j].any():
-            continue
-        label = int(labels[j])
-        found.append(Candidate(label, round(float(scores[j]), 6), bool(isthing[label]), len(maps), 1))
-        maps.append(column_major_resized(masks[j], letterbox, scale=4))
-    return Plan(letterbox.original[0], maps, found)

@@ -1,15 +1,20 @@
 """Letterbox an image into a canvas and normalize it, as the exported graph expects.
 
-The image is resized preserving its aspect ratio to fit the canvas, placed at the top-left
-corner, and normalized ``(pixel * rescale - mean) / std``; the padding is 0 after
-normalization (transformers' MaskFormerImageProcessor pads with 0 the same way).
+The image is resized preserving its aspect ratio to fit the canvas (bilinear), placed at the
+top-left corner, and normalized ``(pixel * rescale - mean) / std``; the padding is 0 after
+normalization (transformers' MaskFormerImageProcessor pads with 0 the same way). This is the
+one preparation path: the server, ``Segmenter``, engine verification, the demo evaluation and
+the benchmarks all call ``prepare``.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Union
 
 import numpy as np
 import numpy.typing as npt
@@ -17,18 +22,40 @@ from PIL import Image
 
 from maskserve.bundle import Normalization
 from maskserve.service.decode import open_image, original_size, to_rgb
-from maskserve.service.postprocess import Letterbox
+from maskserve.service.errors import ImageTooLarge, InvalidImage
+
+# What ``prepare`` takes: encoded bytes, a file path, a Pillow image, or ``(H, W, 3)`` uint8 RGB
+# (``(H, W)`` grey too). Bytes and paths go through the same header checks as HTTP uploads.
+ImageInput = Union[bytes, str, "os.PathLike[str]", Image.Image, npt.NDArray[np.uint8]]
+
+
+@dataclass(frozen=True)
+class Letterbox:
+    """Where an image sits in its canvas: scaled to ``valid`` (h, w) at the top-left corner.
+    All three are (height, width) in pixels; ``original`` is after EXIF orientation."""
+
+    canvas: tuple[int, int]
+    valid: tuple[int, int]
+    original: tuple[int, int]
 
 
 @dataclass(frozen=True)
 class Prepared:
-    """One image ready for the batcher."""
+    """One image ready for the model."""
 
     pixels: npt.NDArray[np.float32]  # (3, H, W) normalized canvas
     letterbox: Letterbox
-    megapixels: float
     decode_s: float
     preprocess_s: float
+
+    @property
+    def canvas(self) -> tuple[int, int]:
+        return self.letterbox.canvas
+
+    @property
+    def megapixels(self) -> float:
+        height, width = self.letterbox.original
+        return height * width / 1e6
 
     @property
     def padding_ratio(self) -> float:
@@ -74,24 +101,59 @@ def choose_canvas(size: tuple[int, int], canvases: Sequence[tuple[int, int]]) ->
     return min(canvases, key=waste)
 
 
-def prepare(data: bytes, max_pixels: int, canvases: Sequence[tuple[int, int]], normalizer: Normalizer) -> Prepared:
-    """Decode ``data`` and letterbox it into the best canvas. Raises service errors on bad input."""
+def prepare(
+    image: ImageInput, max_pixels: int, canvases: Sequence[tuple[int, int]], normalizer: Normalizer
+) -> Prepared:
+    """Decode ``image`` and letterbox it into the best canvas. Raises service errors on bad input.
+
+    JPEG bytes (and paths) decode at a reduced scale when the image will be shrunk anyway
+    (Pillow's ``draft``); a Pillow image is used as given.
+    """
     started = time.perf_counter()
-    image = open_image(data, max_pixels)
-    orig_h, orig_w = original_size(image)
-    canvas = choose_canvas((orig_h, orig_w), canvases)
-    valid_h, valid_w = fit((orig_h, orig_w), canvas)
-    stored = (valid_h, valid_w) if (orig_h, orig_w) == (image.size[1], image.size[0]) else (valid_w, valid_h)
-    rgb = to_rgb(image, draft_size=(stored[1], stored[0]))
+    if isinstance(image, str | os.PathLike):
+        image = _read(Path(image))
+    if isinstance(image, bytes | bytearray | memoryview):
+        opened = open_image(bytes(image), max_pixels)
+        orig_h, orig_w = original_size(opened)
+        canvas = choose_canvas((orig_h, orig_w), canvases)
+        valid_h, valid_w = fit((orig_h, orig_w), canvas)
+        stored = (valid_h, valid_w) if (orig_h, orig_w) == (opened.size[1], opened.size[0]) else (valid_w, valid_h)
+        rgb = to_rgb(opened, draft_size=(stored[1], stored[0]))
+    else:
+        rgb = _given_rgb(image, max_pixels)
+        orig_h, orig_w = rgb.size[1], rgb.size[0]
+        canvas = choose_canvas((orig_h, orig_w), canvases)
+        valid_h, valid_w = fit((orig_h, orig_w), canvas)
     decoded = time.perf_counter()
     if rgb.size != (valid_w, valid_h):
         rgb = rgb.resize((valid_w, valid_h), Image.Resampling.BILINEAR)
     pixels = normalizer.into_canvas(np.asarray(rgb, dtype=np.uint8), canvas)
-    letterbox = Letterbox(canvas=canvas, valid=(valid_h, valid_w), original=(orig_h, orig_w))
     return Prepared(
         pixels=pixels,
-        letterbox=letterbox,
-        megapixels=orig_h * orig_w / 1e6,
+        letterbox=Letterbox(canvas=canvas, valid=(valid_h, valid_w), original=(orig_h, orig_w)),
         decode_s=decoded - started,
         preprocess_s=time.perf_counter() - decoded,
     )
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise InvalidImage(f"cannot read {path}: {exc.strerror or exc}") from exc
+
+
+def _given_rgb(image: Image.Image | npt.NDArray[np.uint8], max_pixels: int) -> Image.Image:
+    """A caller's Pillow image or array as 8-bit RGB (EXIF orientation applied to images)."""
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8 or image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] != 3):
+            raise InvalidImage(f"an array image must be (H, W, 3) or (H, W) uint8, got {image.shape} {image.dtype}")
+        image = Image.fromarray(image)
+    if not isinstance(image, Image.Image):
+        raise InvalidImage(f"cannot segment a {type(image).__name__}: pass bytes, a path, a PIL image or an array")
+    width, height = image.size
+    if width < 1 or height < 1:
+        raise InvalidImage(f"image has no pixels ({width}x{height})")
+    if width * height > max_pixels:
+        raise ImageTooLarge(f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}")
+    return to_rgb(image)

@@ -62,6 +62,42 @@ def encode_mask(mask: npt.NDArray[np.bool_] | npt.NDArray[np.uint8]) -> EncodedM
     return encode_label_map(flat, height, [1])[0]
 
 
+def decode_counts(counts: str) -> npt.NDArray[np.int64]:
+    """The run lengths of a COCO compressed RLE string, vectorized (pycocotools' ``rleFrString``).
+
+    Each count is a little-endian base-32 number in characters ``chr(48 + digit)``, with 0x20
+    marking "more digits follow" and 0x10 in the last digit the sign; from the fourth count on,
+    each is stored as the difference from the count two places before it.
+    """
+    codes = np.frombuffer(counts.encode("ascii"), dtype=np.uint8).astype(np.int64) - 48
+    if codes.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    last = (codes & 0x20) == 0  # the last digit of each number
+    ends = np.flatnonzero(last)
+    starts = np.concatenate(([0], ends[:-1] + 1))
+    position = np.arange(codes.size) - np.repeat(starts, ends - starts + 1)  # digit index k
+    values = np.add.reduceat((codes & 0x1F) << (5 * position), starts)  # digits never overlap: sum == or
+    negative = (codes[ends] & 0x10) != 0
+    values[negative] |= -1 << (5 * (position[ends][negative] + 1))
+    result = values.copy()
+    result[1::2] = np.cumsum(values[1::2])  # counts[m] = delta[m] + counts[m - 2] for m > 2 ...
+    result[2::2] = np.cumsum(values[2::2])  # ... which is a running sum over each parity
+    return result
+
+
+def decode_mask(rle: dict[str, object]) -> npt.NDArray[np.bool_]:
+    """``(H, W)`` bool from COCO RLE ``{"size": [H, W], "counts": str | bytes}``; equal to
+    ``pycocotools.mask.decode`` (which warns under NumPy 2 on every call)."""
+    height, width = (int(v) for v in rle["size"])  # type: ignore[attr-defined]
+    counts = rle["counts"]
+    runs = decode_counts(counts.decode("ascii") if isinstance(counts, bytes) else str(counts))
+    if runs.sum() != height * width or (runs < 0).any():
+        raise ValueError(f"RLE counts cover {int(runs.sum())} pixels, not {height}x{width}")
+    values = np.zeros(runs.size, dtype=bool)
+    values[1::2] = True
+    return np.repeat(values, runs).reshape(width, height).T
+
+
 def _binary_counts(
     run_starts: npt.NDArray[np.int64], run_ends: npt.NDArray[np.int64], total: int
 ) -> npt.NDArray[np.uint32]:

@@ -18,15 +18,15 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI
 
-from maskserve.service.runtime import Runtime, State
+from maskserve.service.state import ServerState, State
 
 log = logging.getLogger("maskserve")
 
 
 class DrainingServer(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, runtime: Runtime) -> None:
+    def __init__(self, config: uvicorn.Config, server: ServerState) -> None:
         super().__init__(config)
-        self.runtime = runtime
+        self.server = server
         self._loop: asyncio.AbstractEventLoop | None = None
         self._draining = False
         self._tasks: set[asyncio.Task[None]] = set()
@@ -44,7 +44,7 @@ class DrainingServer(uvicorn.Server):
             self.should_exit = True
             return
         self._draining = True
-        log.info("%s: draining (up to %.0f s)", signal.Signals(sig).name, self.runtime.settings.drain_timeout_s)
+        log.info("%s: draining (up to %.0f s)", signal.Signals(sig).name, self.server.settings.drain_timeout_s)
         self._loop.call_soon_threadsafe(self._spawn, self._drain_then_exit())
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
@@ -54,20 +54,20 @@ class DrainingServer(uvicorn.Server):
         task.add_done_callback(self._tasks.discard)
 
     async def _drain_then_exit(self) -> None:
-        drained = await self.runtime.drain(self.runtime.settings.drain_timeout_s)
+        drained = await self.server.drain(self.server.settings.drain_timeout_s)
         log.info("drained" if drained else "drain timed out; exiting anyway")
         self.should_exit = True
 
     async def _exit_if_load_fails(self) -> None:
-        while self.runtime.state is State.LOADING and not self.should_exit:
+        while self.server.state is State.LOADING and not self.should_exit:
             await asyncio.sleep(0.05)
-        if self.runtime.state is State.FAILED:
+        if self.server.state is State.FAILED:
             self.should_exit = True
 
 
-def run(app: FastAPI, runtime: Runtime) -> int:
+def run(app: FastAPI, server: ServerState) -> int:
     """Serve until drained; returns the process exit code (1 when the model failed to load)."""
-    settings = runtime.settings
+    settings = server.settings
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -78,5 +78,5 @@ def run(app: FastAPI, runtime: Runtime) -> int:
         timeout_keep_alive=5,
         server_header=False,
     )
-    DrainingServer(config, runtime).run()
-    return 1 if runtime.state is State.FAILED else 0
+    DrainingServer(config, server).run()
+    return 1 if server.state is State.FAILED else 0

@@ -8,16 +8,29 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BeforeValidator, Field, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from maskserve.bundle import CANVAS_MULTIPLE, DEFAULT_BUNDLE
+from maskserve.bundle import DEFAULT_BUNDLE, Canvas
+from maskserve.service.backends import BackendOptions
+from maskserve.service.decode import DEFAULT_MAX_IMAGE_PIXELS
 
 
 def _default_workers() -> int:
     return max(2, min(8, os.cpu_count() or 2))
+
+
+def _canvas_list(value: object) -> object:
+    """``"512x512,512x704"`` (the env var form) or a list of such strings to Canvases."""
+    if isinstance(value, str):
+        value = [part for part in value.split(",") if part.strip()]
+        if not value:
+            raise ValueError("canvases must not be empty")
+    if isinstance(value, list | tuple):
+        return [Canvas.parse(item) if isinstance(item, str) else item for item in value]
+    return value
 
 
 class Settings(BaseSettings):
@@ -99,7 +112,7 @@ class Settings(BaseSettings):
         description="Deadline per request, from arrival. A request still queued past it gets 504 and is "
         "dropped before inference. Set it just under your client or load-balancer timeout.",
     )
-    canvases: list[str] | None = Field(
+    canvases: Annotated[list[Canvas] | None, NoDecode, BeforeValidator(_canvas_list)] = Field(
         None,
         description="Canvas shapes to letterbox into, e.g. `512x512,512x704,704x512` (multiples of 32). "
         "Each image goes to the one that wastes the fewest pixels. Default: the bundle's canvases.",
@@ -118,7 +131,7 @@ class Settings(BaseSettings):
         description="Largest accepted request body (413 beyond). Raise it for large TIFFs.",
     )
     max_image_pixels: int = Field(
-        40_000_000,
+        DEFAULT_MAX_IMAGE_PIXELS,
         ge=1,
         description="Largest accepted image, in pixels, checked from the header before decoding (413 "
         "beyond): the guard against decompression bombs.",
@@ -143,39 +156,18 @@ class Settings(BaseSettings):
         "info", description="Server log level; `debug` also logs every batch the batcher forms."
     )
 
-    @field_validator("canvases", mode="before")
-    @classmethod
-    def _split_canvases(cls, value: object) -> object:
-        if isinstance(value, str):
-            return [part.strip() for part in value.split(",") if part.strip()]
-        return value
-
-    @field_validator("canvases")
-    @classmethod
-    def _check_canvases(cls, value: list[str] | None) -> list[str] | None:
-        if value is None:
-            return None
-        if not value:
-            raise ValueError("canvases must not be empty")
-        for text in value:
-            parse_canvas(text)
-        return value
-
     @model_validator(mode="after")
     def _check_bundle(self) -> Settings:
         if not self.bundle.is_dir():
             raise ValueError(f"bundle directory not found: {self.bundle}")
         return self
 
-    def canvas_shapes(self) -> list[tuple[int, int]] | None:
-        return [parse_canvas(text) for text in self.canvases] if self.canvases else None
-
-
-def parse_canvas(text: str) -> tuple[int, int]:
-    parts = text.lower().split("x")
-    if len(parts) != 2 or not all(p.isdigit() for p in parts):
-        raise ValueError(f"canvas {text!r} is not of the form HxW")
-    height, width = int(parts[0]), int(parts[1])
-    if not (height > 0 and width > 0 and height % CANVAS_MULTIPLE == 0 and width % CANVAS_MULTIPLE == 0):
-        raise ValueError(f"canvas {text!r}: both sides must be positive multiples of {CANVAS_MULTIPLE}")
-    return height, width
+    def backend_options(self) -> BackendOptions:
+        return BackendOptions(
+            backend=self.backend,
+            provider=self.provider,
+            intra_op_threads=self.intra_op_threads,
+            engine_cache=self.engine_cache,
+            engine_precision=self.engine_precision,
+            cuda_graphs=self.cuda_graphs,
+        )

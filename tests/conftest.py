@@ -65,12 +65,17 @@ def bundle_factory(tmp_path_factory: pytest.TempPathFactory, checkpoint_factory)
             out = tmp_path_factory.mktemp(f"bundle-{backbone}") / "bundle"
             result = run_cli(
                 "export",
-                "--model", str(checkpoint_factory(backbone)),
-                "--out", str(out),
-                "--thing-ids", *map(str, THING_IDS),
-                "--canvas", "128x192",
-                "--canvas", "192x128",
-            )  # fmt: skip
+                "--model",
+                str(checkpoint_factory(backbone)),
+                "--out",
+                str(out),
+                "--thing-ids",
+                *map(str, THING_IDS),
+                "--canvas",
+                "128x192",
+                "--canvas",
+                "192x128",
+            )
             assert result.returncode == 0, result.stderr
             cache[backbone] = out
         return cache[backbone]

@@ -1,33 +1,81 @@
-"""Runtime backends behind one interface, and the choice between them."""
+"""Runtime backends behind one interface, what is installed, and the choice between them.
+
+Creating one (which for TensorRT may mean building and verifying an engine) is
+``maskserve.service.loading``'s job; this package only runs graphs.
+"""
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
-import logging
-import os
+from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
-from maskserve.bundle import Bundle
 from maskserve.service.backends.base import Backend, BackendError
-from maskserve.service.backends.engine import default_batch_range
-from maskserve.service.backends.onnxruntime import OnnxRuntimeBackend
-from maskserve.service.settings import Settings
 
-__all__ = ["Backend", "BackendError", "OnnxRuntimeBackend", "choose_backend", "load_backend"]
-log = logging.getLogger("maskserve")
+__all__ = [
+    "Backend",
+    "BackendError",
+    "choose_backend",
+    "onnxruntime_problem",
+    "tensorrt_installed",
+    "visible_gpus",
+]
+
+ORT_MISSING = (
+    "ONNX Runtime is not installed: pip install 'maskserve[cpu]' (CPUs) or 'maskserve[gpu]' (NVIDIA GPUs, "
+    "CUDA execution provider)"
+)
 
 
+@cache
+def onnxruntime_problem() -> str | None:
+    """Why ONNX Runtime cannot be used here, or None. Both `onnxruntime` and `onnxruntime-gpu`
+    installed is a problem too: they share the module, and the CPU build overwrites the GPU one."""
+    if importlib.util.find_spec("onnxruntime") is None:
+        return ORT_MISSING
+    installed = set()
+    for name in ("onnxruntime", "onnxruntime-gpu"):
+        try:
+            importlib.metadata.distribution(name)
+            installed.add(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    if installed == {"onnxruntime", "onnxruntime-gpu"}:
+        return (
+            "both onnxruntime and onnxruntime-gpu are installed and overwrite each other: "
+            "pip uninstall -y onnxruntime onnxruntime-gpu, then pip install 'maskserve[gpu]' (or [cpu])"
+        )
+    return None
+
+
+@cache
 def tensorrt_installed() -> bool:
     has_cuda = importlib.util.find_spec("cuda") is not None
     return has_cuda and importlib.util.find_spec("tensorrt") is not None
 
 
+@cache
 def visible_gpus() -> int:
+    """CUDA devices TensorRT can use (0 without TensorRT)."""
     if not tensorrt_installed():
         return 0
-    from maskserve.service.backends.cuda import device_count
+    from maskserve.service.backends.tensorrt.cuda import device_count
 
     return device_count()
+
+
+@dataclass(frozen=True)
+class BackendOptions:
+    """How to run a bundle (see the matching ``MASKSERVE_*`` settings for what each one is for)."""
+
+    backend: str = "auto"  # auto, onnxruntime, tensorrt
+    provider: str = "auto"  # ONNX Runtime: auto, tensorrt, cuda, cpu
+    intra_op_threads: int = 0
+    engine_cache: Path | None = None
+    engine_precision: str = "fp16"
+    cuda_graphs: bool = False
 
 
 def choose_backend(requested: str, tensorrt_available: bool, gpus: int, precision: str = "fp32") -> str:
@@ -45,47 +93,9 @@ def choose_backend(requested: str, tensorrt_available: bool, gpus: int, precisio
     if requested == "tensorrt":
         if not tensorrt_available:
             raise BackendError(
-                "backend 'tensorrt' needs the tensorrt and cuda-python packages: pip install 'maskserve[gpu]'"
+                "backend 'tensorrt' needs the tensorrt and cuda-python packages: pip install 'maskserve[gpu,tensorrt]'"
             )
         if gpus == 0:
             raise BackendError("backend 'tensorrt' needs a CUDA GPU and none is visible")
         return "tensorrt"
     return "tensorrt" if tensorrt_available and gpus > 0 else "onnxruntime"
-
-
-def engine_cache_dir(settings: Settings, bundle: Bundle) -> Path:
-    """Where engines go: the configured cache, else an ``engines/`` folder in the bundle."""
-    if settings.engine_cache is not None:
-        return settings.engine_cache
-    candidate = bundle.directory / "engines"
-    if os.access(bundle.directory, os.W_OK) or os.access(candidate, os.W_OK):
-        return candidate
-    raise BackendError(f"{bundle.directory} is read-only: set MASKSERVE_ENGINE_CACHE to a writable directory")
-
-
-def load_backend(settings: Settings, bundle: Bundle, canvases: list[tuple[int, int]], max_batch: int) -> Backend:
-    """Create the backend the settings ask for, building a TensorRT engine if none is cached."""
-    installed = tensorrt_installed()
-    kind = choose_backend(settings.backend, installed, visible_gpus() if installed else 0, bundle.manifest.precision)
-    if kind == "onnxruntime":
-        return OnnxRuntimeBackend(
-            bundle.model_path,
-            max_batch=bundle.manifest.max_batch,
-            provider=settings.provider,
-            intra_op_threads=settings.intra_op_threads,
-            engine_cache=settings.engine_cache,
-            fp16=bundle.manifest.precision == "fp16",
-        )
-    from maskserve.service.backends.engine_store import EngineRequest, ensure_engine
-    from maskserve.service.backends.tensorrt import TensorRTBackend
-
-    engine_path, _ = ensure_engine(
-        EngineRequest(
-            bundle=bundle,
-            cache_dir=engine_cache_dir(settings, bundle),
-            precision=settings.engine_precision,
-            canvases=canvases,
-            batch=default_batch_range(max_batch),
-        )
-    )
-    return TensorRTBackend(engine_path, cuda_graphs=settings.cuda_graphs)

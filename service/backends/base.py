@@ -37,10 +37,12 @@ class BackendError(Exception):
 
 
 class Backend(Protocol):
-    """Runs the bundle's graph on one batch. Called from one thread at a time.
+    """Runs the bundle's graph on one batch.
 
     ``run`` takes the graph inputs of ``maskserve.bundle.INPUTS`` for a batch ``(B, ...)`` and
-    returns the requested outputs, as host arrays with the batch dimension first.
+    returns the requested outputs, as host arrays with the batch dimension first. It may be
+    called from any thread, concurrently: each implementation makes that safe (ONNX Runtime
+    sessions are thread-safe; the TensorRT backend serializes on a lock).
     """
 
     name: str

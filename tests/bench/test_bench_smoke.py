@@ -12,12 +12,24 @@ def test_bench_quick_writes_a_report(tmp_path: Path, checkpoint_factory, bundle_
     out = tmp_path / "benchmarks.md"
     result = subprocess.run(
         [
-            sys.executable, "-m", "bench", "--quick",
-            "--checkpoint", str(checkpoint_factory("swin")), "--bundle", str(bundle_factory("swin")),
-            "--side", "128", "--out", str(out),
+            sys.executable,
+            "-m",
+            "bench",
+            "--quick",
+            "--checkpoint",
+            str(checkpoint_factory("swin")),
+            "--bundle",
+            str(bundle_factory("swin")),
+            "--side",
+            "128",
+            "--out",
+            str(out),
         ],
-        capture_output=True, text=True, timeout=600, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     text = out.read_text()
     for heading in ("## Targets", "## Model level", "## Service level", "GEMM peak"):

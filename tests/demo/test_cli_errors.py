@@ -13,14 +13,19 @@ CASES = {
     "evaluate: missing checkpoint": ["demo.evaluate", "--checkpoint", "{tmp}/nope", "--bundle", "{tmp}/nope"],
     "evaluate: not a bundle": ["demo.evaluate", "--checkpoint", "demo/checkpoint", "--bundle", "demo/checkpoint"],
     "evaluate: extra bundle without a label": [
-        "demo.evaluate", "--checkpoint", "demo/checkpoint", "--bundle", "maskserve/assets/shapes",
-        "--extra-bundle", "maskserve/assets/shapes",
+        "demo.evaluate",
+        "--checkpoint",
+        "demo/checkpoint",
+        "--bundle",
+        "maskserve/assets/shapes",
+        "--extra-bundle",
+        "maskserve/assets/shapes",
     ],
     "evaluate_torch: missing checkpoint": ["demo.evaluate_torch", "--checkpoint", "{tmp}/nope"],
     "ship: missing run": ["demo.ship", "--trained", "{tmp}/nope"],
     "ship: a checkpoint without training.json": ["demo.ship", "--trained", "maskserve/assets/shapes"],
     "ship: the shipped checkpoint onto itself": ["demo.ship", "--trained", "demo/checkpoint"],
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("case", list(CASES))

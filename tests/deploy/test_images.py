@@ -131,10 +131,24 @@ def test_builder_stage_builds_a_serving_wheel_with_the_demo_bundle(tmp_path: Pat
 
     wheels = tmp_path / "wheels"
     result = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet",
-         "--wheel-dir", str(wheels), str(context)],
-        capture_output=True, text=True, timeout=300, check=False, env={**os.environ, "PIP_NO_INDEX": "1"},
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--quiet",
+            "--wheel-dir",
+            str(wheels),
+            str(context),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env={**os.environ, "PIP_NO_INDEX": "1"},
+    )
     assert result.returncode == 0, result.stderr
     (wheel,) = wheels.glob("maskserve-*.whl")
     with zipfile.ZipFile(wheel) as archive:
@@ -164,8 +178,18 @@ def test_gpu_image_builds_and_sees_cuda() -> None:
     build = run(["docker", "build", "-f", str(DOCKERFILES["gpu"]), "-t", "maskserve:test-gpu", "."], timeout=3600)
     assert build.returncode == 0, output(build)
     probe = run(
-        ["docker", "run", "--rm", "--gpus", "1", "--entrypoint", "python", "maskserve:test-gpu", "-c",
-         "import onnxruntime as o, tensorrt; print(o.get_device())"],
+        [
+            "docker",
+            "run",
+            "--rm",
+            "--gpus",
+            "1",
+            "--entrypoint",
+            "python",
+            "maskserve:test-gpu",
+            "-c",
+            "import onnxruntime as o, tensorrt; print(o.get_device())",
+        ],
         timeout=600,
-    )  # fmt: skip
+    )
     assert probe.returncode == 0 and "GPU" in probe.stdout, output(probe)

@@ -52,8 +52,13 @@ def test_rules_read_existing_metrics() -> None:
         assert names, rule
         assert names <= known, f"{rule.get('record') or rule.get('alert')}: unknown {names - known}"
     alerts = {rule["alert"] for rule in rules() if "alert" in rule}
-    assert {"MaskserveHighLatencyP95", "MaskserveRejectingOverload", "MaskserveQueueSaturated",
-            "MaskserveBatchFailures", "MaskserveNotReady"} <= alerts  # fmt: skip
+    assert {
+        "MaskserveHighLatencyP95",
+        "MaskserveRejectingOverload",
+        "MaskserveQueueSaturated",
+        "MaskserveBatchFailures",
+        "MaskserveNotReady",
+    } <= alerts
 
 
 def dashboard_queries() -> list[str]:
@@ -77,11 +82,18 @@ def test_dashboard_reads_only_metrics_from_service_metrics() -> None:
         used |= names
     # The panels the operators asked for: traffic, latency end to end and per stage, batching,
     # queue, in-flight, rejections, errors.
-    for name in ("maskserve_request_duration_seconds_count", "maskserve_request_duration_seconds_bucket",
-                 "maskserve_stage_duration_seconds_bucket", "maskserve_batch_size_bucket",
-                 "maskserve_inferences_total", "maskserve_batches_total", "maskserve_queue_depth",
-                 "maskserve_inflight_requests", "maskserve_rejected_total",
-                 "maskserve_batch_failures_total"):  # fmt: skip
+    for name in (
+        "maskserve_request_duration_seconds_count",
+        "maskserve_request_duration_seconds_bucket",
+        "maskserve_stage_duration_seconds_bucket",
+        "maskserve_batch_size_bucket",
+        "maskserve_inferences_total",
+        "maskserve_batches_total",
+        "maskserve_queue_depth",
+        "maskserve_inflight_requests",
+        "maskserve_rejected_total",
+        "maskserve_batch_failures_total",
+    ):
         assert name in used, f"no panel reads {name}"
 
 

@@ -12,11 +12,11 @@ from types import SimpleNamespace
 
 import numpy as np
 import torch
-from pycocotools import mask as coco_mask
 from transformers import MaskFormerImageProcessor
 
 from maskserve.model.reference import reference_outputs
-from maskserve.service.postprocess import Letterbox, PanopticRule, TaskParams, postprocess
+from maskserve.service.postprocess import PanopticRule, PostProcessor, TaskParams
+from maskserve.service.preprocess import Letterbox
 
 H = W = 32
 ISTHING = np.array([True, True, False])  # labels 0, 1 are things, 2 is stuff
@@ -58,11 +58,9 @@ def _ours(class_logits, mask_logits, threshold, mask_threshold, overlap, rule):
     )
     image = {k: v[0].numpy() for k, v in outputs.items()}
     params = TaskParams("panoptic", threshold, mask_threshold, overlap)
-    segments = postprocess(image, Letterbox((H, W), (H, W), (H, W)), params, ISTHING, rule)
-    return [
-        (s.label_id, coco_mask.decode(s.mask.rle | {"counts": s.mask.rle["counts"].encode()}).astype(bool))
-        for s in segments
-    ]
+    postprocessor = PostProcessor([str(i) for i in range(len(ISTHING))], ISTHING, rule)
+    segments = postprocessor(image, Letterbox((H, W), (H, W), (H, W)), params)
+    return [(s.label_id, s.mask()) for s in segments]
 
 
 def _transformers(class_logits, mask_logits, threshold, mask_threshold, overlap):

@@ -9,17 +9,17 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-from pycocotools import mask as coco_mask
 from transformers import MaskFormerForInstanceSegmentation, MaskFormerImageProcessor
 
 from maskserve.bundle import INPUTS, OUTPUTS, Bundle
-from maskserve.service.postprocess import Letterbox, PanopticRule, TaskParams, postprocess
+from maskserve.service.postprocess import PanopticRule, PostProcessor, TaskParams
+from maskserve.service.preprocess import Letterbox
 
 SEEDS = [0, 1, 2]
 
 
 def _decode(segment) -> np.ndarray:
-    return coco_mask.decode(segment.mask.rle | {"counts": segment.mask.rle["counts"].encode()}).astype(bool)
+    return segment.mask()
 
 
 def _run(bundle_dir: Path, checkpoint: Path, seed: int, threshold: float, mask_threshold: float):
@@ -38,9 +38,12 @@ def _run(bundle_dir: Path, checkpoint: Path, seed: int, threshold: float, mask_t
     }
     assert list(feeds) == list(INPUTS)
     outputs = {name: value[0] for name, value in zip(OUTPUTS, session.run(None, feeds), strict=True)}
-    isthing = np.array([label.isthing for label in bundle.manifest.labels])
     letterbox = Letterbox(canvas=(h, w), valid=(h, w), original=(h, w))
-    return bundle, hf_out, outputs, isthing, letterbox
+    return bundle, hf_out, outputs, letterbox
+
+
+def _postprocessor(bundle: Bundle, rule: PanopticRule = PanopticRule.PAPER) -> PostProcessor:
+    return PostProcessor(bundle.manifest.label_names, bundle.manifest.isthing, rule)
 
 
 def _closest(candidates: list, label: int, score: float):
@@ -58,17 +61,15 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
 @pytest.mark.parametrize("backbone", ["swin", "resnet"])
 @pytest.mark.parametrize("seed", SEEDS)
 def test_semantic(bundle_factory, checkpoint_factory, backbone: str, seed: int) -> None:
-    _bundle, hf_out, outputs, isthing, letterbox = _run(
-        bundle_factory(backbone), checkpoint_factory(backbone), seed, 0.5, 0.5
-    )
+    bundle, hf_out, outputs, letterbox = _run(bundle_factory(backbone), checkpoint_factory(backbone), seed, 0.5, 0.5)
     expected = MaskFormerImageProcessor().post_process_semantic_segmentation(hf_out, target_sizes=[letterbox.original])[
         0
     ]
-    segments = postprocess(outputs, letterbox, TaskParams("semantic", 0.5, 0.5, 0.8), isthing)
+    segments = _postprocessor(bundle)(outputs, letterbox, TaskParams("semantic", 0.5, 0.5, 0.8))
     ours = np.full(letterbox.original, -1)
     for segment in segments:
         mask = _decode(segment)
-        assert segment.mask.area == mask.sum() and segment.score is None
+        assert segment.area == mask.sum() and segment.score is None
         assert (ours[mask] == -1).all(), "semantic segments must not overlap"
         ours[mask] = segment.label_id
     assert (ours == expected.numpy()).mean() >= 0.999
@@ -78,7 +79,7 @@ def test_semantic(bundle_factory, checkpoint_factory, backbone: str, seed: int) 
 @pytest.mark.parametrize("seed", SEEDS)
 def test_instance(bundle_factory, checkpoint_factory, backbone: str, seed: int) -> None:
     threshold = 0.2
-    _bundle, hf_out, outputs, isthing, letterbox = _run(
+    bundle, hf_out, outputs, letterbox = _run(
         bundle_factory(backbone), checkpoint_factory(backbone), seed, threshold, 0.5
     )
     result = MaskFormerImageProcessor().post_process_instance_segmentation(
@@ -88,7 +89,7 @@ def test_instance(bundle_factory, checkpoint_factory, backbone: str, seed: int) 
         (info["label_id"], info["score"], result["segmentation"][i].numpy().astype(bool))
         for i, info in enumerate(result["segments_info"])
     ]
-    segments = postprocess(outputs, letterbox, TaskParams("instance", threshold, 0.5, 0.8), isthing)
+    segments = _postprocessor(bundle)(outputs, letterbox, TaskParams("instance", threshold, 0.5, 0.8))
     assert expected, "the fixture should produce instances at this threshold"
     assert len(segments) == len(expected)
     unmatched = list(segments)
@@ -104,7 +105,7 @@ def test_panoptic_transformers_rule(bundle_factory, checkpoint_factory, backbone
     # transformers compares *score-weighted* probabilities with mask_threshold, so with scores
     # near 0.3 a threshold of 0.5 would leave no segment at all.
     threshold, mask_threshold, overlap = 0.25, 0.2, 0.3
-    bundle, hf_out, outputs, isthing, letterbox = _run(
+    bundle, hf_out, outputs, letterbox = _run(
         bundle_factory(backbone), checkpoint_factory(backbone), seed, threshold, mask_threshold
     )
     stuff = {label.id for label in bundle.manifest.labels if not label.isthing}
@@ -121,12 +122,8 @@ def test_panoptic_transformers_rule(bundle_factory, checkpoint_factory, backbone
     groups: dict[int, list[dict]] = {}
     for info in result["segments_info"]:
         groups.setdefault(info["id"], []).append(info)
-    segments = postprocess(
-        outputs,
-        letterbox,
-        TaskParams("panoptic", threshold, mask_threshold, overlap),
-        isthing,
-        PanopticRule.TRANSFORMERS,
+    segments = _postprocessor(bundle, PanopticRule.TRANSFORMERS)(
+        outputs, letterbox, TaskParams("panoptic", threshold, mask_threshold, overlap)
     )
     assert groups, "the fixture should produce panoptic segments at this threshold"
     assert len(segments) == len(groups)

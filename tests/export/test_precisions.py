@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from maskserve.bundle import OUTPUTS, RAW_OUTPUTS, Bundle
-from maskserve.service.backends import OnnxRuntimeBackend
+from maskserve.service.backends.ort import OnnxRuntimeBackend
 from tests.conftest import run_cli
 
 

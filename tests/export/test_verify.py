@@ -8,10 +8,11 @@ import numpy.typing as npt
 import pytest
 import torch
 
-from maskserve.export.verify import Check, _compare_fused
+from maskserve.bundle import AreaColumn
+from maskserve.export.verify import Check, compare_fused
 from maskserve.model.reference import reference_outputs
 
-ARGMAX, KEPT, MASK = 0, 1, 2
+ARGMAX, KEPT, MASK = AreaColumn.ARGMAX, AreaColumn.KEPT, AreaColumn.MASK
 
 
 def _tied_reference() -> dict[str, npt.NDArray[Any]]:
@@ -34,7 +35,7 @@ def _tied_reference() -> dict[str, npt.NDArray[Any]]:
 
 
 def _areas_check(got: dict[str, npt.NDArray[Any]], ref: dict[str, npt.NDArray[Any]]) -> Check:
-    checks = _compare_fused("1x32x32", got, ref, agreement_limit=0.9999, score_limit=1e-5)
+    checks = compare_fused("1x32x32", got, ref, agreement_limit=0.9999, score_limit=1e-5)
     return next(c for c in checks if c.output == "panoptic_areas")
 
 

@@ -5,23 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from maskserve.model.fused_head import instance_reduction, panoptic_reduction, semantic_reduction
+from maskserve.model.fused_head import FusedMaskHead
 from maskserve.model.reference import reference_outputs
 
 
 def _fused(class_logits, mask_logits, sizes, score_t, mask_t, canvas):
-    """The fused reductions on given logits (the head minus the einsum it starts with)."""
-    class_probs = class_logits.softmax(-1)
-    rows = torch.arange(canvas[0]).view(1, -1, 1)
-    cols = torch.arange(canvas[1]).view(1, 1, -1)
-    valid = (rows < sizes[:, 0].view(-1, 1, 1)) & (cols < sizes[:, 1].view(-1, 1, 1))
-    semantic = semantic_reduction(class_probs, mask_logits.sigmoid(), canvas)
-    semantic = torch.where(valid, semantic, torch.full_like(semantic, -1))
-    return {
-        "semantic_map": semantic,
-        **panoptic_reduction(class_probs, mask_logits.sigmoid(), sizes, score_t, mask_t, canvas),
-        **instance_reduction(class_probs, mask_logits, sizes, mask_t, class_logits.shape[1]),
-    }
+    """``FusedMaskHead`` itself on given mask logits: identity mask embeddings turn its einsum
+    (``bqc,bchw->bqhw``) into a copy of the pixel embeddings, exactly."""
+    batch, queries = mask_logits.shape[:2]
+    identity = torch.eye(queries).expand(batch, queries, queries)
+    return FusedMaskHead()(class_logits, identity, mask_logits, sizes, score_t, mask_t, canvas)
 
 
 @pytest.mark.parametrize(
@@ -40,7 +33,8 @@ def test_fused_equals_reference(batch: int, queries: int, labels: int, canvas: t
         fused = _fused(class_logits, mask_logits, sizes, score_t, mask_t, canvas)
     reference = reference_outputs(class_logits, mask_logits, sizes, score_t, mask_t, canvas)
 
-    assert set(fused) == set(reference)
+    assert set(fused) == set(reference) | {"class_logits", "mask_logits"}
+    assert torch.equal(fused["mask_logits"], mask_logits) and torch.equal(fused["class_logits"], class_logits)
     for name, expected in reference.items():
         got = fused[name]
         assert got.shape == expected.shape, name

@@ -8,6 +8,7 @@ top-level packages (a training repository's usual layout).
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -24,14 +25,39 @@ ROOT = Path(__file__).resolve().parents[2]
 DECOY = 'raise ImportError("the decoy {name} in the working directory was imported")\n'
 
 
+SOURCES = ("pyproject.toml", "README.md", "maskserve", "service", "model", "export")
+
+
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Built from a copy of the sources: setuptools never prunes ``build/lib``, so a build in the
+    checkout could carry a module that was deleted or renamed since."""
+    source = tmp_path_factory.mktemp("source")
+    for name in SOURCES:
+        origin = ROOT / name
+        if origin.is_dir():
+            shutil.copytree(origin, source / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        else:
+            shutil.copy2(origin, source / name)
     out = tmp_path_factory.mktemp("wheel")
     result = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet", "--wheel-dir",
-         str(out), str(ROOT)],
-        capture_output=True, text=True, timeout=600, check=False,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--quiet",
+            "--wheel-dir",
+            str(out),
+            str(source),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     (built,) = out.glob("maskserve-*.whl")
     return built
@@ -51,18 +77,25 @@ def test_wheel_has_one_top_level_name_and_the_demo_bundle(wheel: Path) -> None:
                 assert f"maskserve/{folder}/{path.relative_to(ROOT / folder).as_posix()}" in names, path
 
 
-@pytest.fixture(scope="module")
-def fresh_venv(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A new venv with the wheel and its `cpu` extra: the serving install, from pip's cache."""
-    home = tmp_path_factory.mktemp("venv") / "venv"
+def _venv_with(wheel: Path, extras: str, home: Path) -> Path:
+    """A new venv with the wheel (and ``extras``) installed as a user installs it."""
     venv.create(home, with_pip=True)
     python = home / "bin" / "python"
     result = subprocess.run(
-        [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", f"{wheel}[cpu]"],
-        capture_output=True, text=True, timeout=900, check=False,
-    )  # fmt: skip
+        [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", f"{wheel}{extras}"],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return python
+
+
+@pytest.fixture(scope="module")
+def fresh_venv(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The wheel with its `cpu` extra: the serving install (dependencies from pip's cache)."""
+    return _venv_with(wheel, "[cpu]", tmp_path_factory.mktemp("venv") / "venv")
 
 
 @pytest.fixture
@@ -97,8 +130,12 @@ def test_cli_parses_from_a_directory_with_decoys(fresh_venv: Path, decoy_cwd: Pa
     generic top-level names. The export subcommand registers without torch, too."""
     result = subprocess.run(
         [str(fresh_venv), "-m", "maskserve.cli", "export", "--help"],
-        capture_output=True, text=True, cwd=decoy_cwd, timeout=120, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        cwd=decoy_cwd,
+        timeout=120,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     assert "--model" in result.stdout
 
@@ -109,8 +146,12 @@ def served(fresh_venv: Path, decoy_cwd: Path) -> Iterator[str]:
     env = {key: value for key, value in os.environ.items() if not key.startswith("MASKSERVE_")}
     process = subprocess.Popen(
         [str(fresh_venv), "-m", "maskserve.cli", "serve", "--port", str(port)],
-        cwd=decoy_cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+        cwd=decoy_cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         try:
@@ -132,3 +173,44 @@ def test_installed_wheel_serves_the_demo_model(served: str) -> None:
     assert body["model"] == "shapes" and body["image"] == {"width": 256, "height": 256}
     labels = {segment["label"] for segment in body["segments"]}
     assert {"sky", "ground", "square"} <= labels, labels
+
+
+def test_without_an_onnxruntime_extra_serve_says_which_to_install(wheel: Path, tmp_path: Path) -> None:
+    python = _venv_with(wheel, "", tmp_path / "venv")
+    result = subprocess.run(
+        [str(python), "-m", "maskserve.cli", "serve"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=tmp_path,  # not the checkout: `-m` would import its maskserve/ folder instead of the install
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "error: ONNX Runtime is not installed: pip install 'maskserve[cpu]' (CPUs) or 'maskserve[gpu]' (NVIDIA "
+        "GPUs, CUDA execution provider)"
+    ]
+    code = "from maskserve import Segmenter; Segmenter.load()"
+    result = subprocess.run(
+        [str(python), "-c", code], capture_output=True, text=True, timeout=120, check=False, cwd=tmp_path
+    )
+    assert "maskserve[cpu]" in result.stderr.splitlines()[-1]
+
+
+@pytest.mark.slow
+def test_gpu_extra_brings_the_cuda_execution_provider(wheel: Path, tmp_path: Path) -> None:
+    """``pip install maskserve[gpu]`` (onnxruntime-gpu with pip's CUDA libraries, about 2 GB)
+    yields an ONNX Runtime that has the CUDA provider, and no CPU build beside it. The provider
+    list is compiled in, so no GPU is needed to check it."""
+    python = _venv_with(wheel, "[gpu]", tmp_path / "venv")
+    code = (
+        "import importlib.metadata as m, onnxruntime as ort;"
+        "print(ort.get_available_providers());"
+        "names = {d.metadata['Name'].lower() for d in m.distributions()};"
+        "assert 'onnxruntime' not in names, names"
+    )
+    result = subprocess.run(
+        [str(python), "-c", code], capture_output=True, text=True, timeout=300, check=False, cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    assert "CUDAExecutionProvider" in result.stdout

@@ -9,15 +9,57 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import httpx
 import uvicorn
 
 from maskserve.service.app import create_app
-from maskserve.service.runtime import Runtime
+from maskserve.service.backends import Backend
 from maskserve.service.settings import Settings
+from maskserve.service.state import BackendWrapper, ServerState
+
+
+class HeldBackend:
+    """The real backend, with a hand on it: after ``hold()``, the next model call waits (inside
+    the batch, as a slow model would) until ``release()``. Tests use it to keep a batch running
+    while other requests queue, at any machine speed."""
+
+    def __init__(self) -> None:
+        self.inner: Backend | None = None
+        self._hold = threading.Event()
+        self.held = threading.Event()  # a call is waiting
+        self._release = threading.Event()
+        self.calls = 0  # model calls since the last hold() (warm-up runs before any)
+
+    def wrap(self, inner: Backend) -> HeldBackend:
+        self.inner = inner
+        self.name, self.provider, self.max_batch = inner.name, inner.provider, inner.max_batch
+        return self
+
+    def hold(self) -> None:
+        self.calls = 0
+        self._release.clear()
+        self.held.clear()
+        self._hold.set()
+
+    def release(self) -> None:
+        self._release.set()
+
+    def run(self, feeds: Mapping[str, Any], outputs: Sequence[str]) -> dict[str, Any]:
+        assert self.inner is not None
+        self.calls += 1
+        if self._hold.is_set():
+            self._hold.clear()
+            self.held.set()
+            self._release.wait(timeout=120)
+        return self.inner.run(feeds, outputs)
+
+    def close(self) -> None:
+        assert self.inner is not None
+        self.inner.close()
 
 
 def free_port() -> int:
@@ -37,18 +79,20 @@ def wait_ready(base_url: str, timeout: float = 120.0) -> None:
 
 
 @contextlib.contextmanager
-def running_server(bundle: Path, **overrides: object) -> Iterator[tuple[str, Runtime]]:
+def running_server(
+    bundle: Path, wrap_backend: BackendWrapper | None = None, **overrides: object
+) -> Iterator[tuple[str, ServerState]]:
     """``create_app`` under a real uvicorn in a background thread (signals stay with pytest)."""
     port = free_port()
     settings = Settings(bundle=bundle, host="127.0.0.1", port=port, **overrides)  # type: ignore[arg-type]
-    app = create_app(settings)
+    app = create_app(settings, wrap_backend=wrap_backend)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     base_url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(base_url)
-        yield base_url, app.state.runtime
+        yield base_url, app.state.server
     finally:
         server.should_exit = True
         thread.join(timeout=30)

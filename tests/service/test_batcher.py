@@ -11,11 +11,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-from maskserve.bundle import TASK_OUTPUTS, Bundle
-from maskserve.service.backends import OnnxRuntimeBackend
+from maskserve.bundle import Bundle
+from maskserve.service.backends.ort import OnnxRuntimeBackend
 from maskserve.service.batcher import Batcher, Job
 from maskserve.service.errors import DeadlineExceeded, InferenceFailed, QueueFull
 from maskserve.service.metrics import Metrics
+from maskserve.service.postprocess import TaskParams
+from maskserve.service.preprocess import Letterbox, Prepared
+from maskserve.service.segmenter import Segmenter
 
 
 class RecordingBackend:
@@ -47,20 +50,28 @@ def backend(swin_bundle: Path) -> OnnxRuntimeBackend:
     return OnnxRuntimeBackend(Bundle.load(swin_bundle).model_path, max_batch=8)
 
 
+@pytest.fixture(scope="module")
+def bundle(swin_bundle: Path) -> Bundle:
+    return Bundle.load(swin_bundle)
+
+
+SEMANTIC = TaskParams("semantic", 0.5, 0.5, 0.8)
+
+
 def _job(canvas: tuple[int, int] = (128, 128), height: int = 100, deadline_s: float = 30.0) -> Job:
-    return Job(
-        pixels=np.zeros((3, *canvas), np.float32),
-        image_size=(height, canvas[1]),
-        score_threshold=0.5,
-        mask_threshold=0.5,
-        outputs=TASK_OUTPUTS["semantic"],
-        deadline=time.monotonic() + deadline_s,
-    )
+    box = Letterbox(canvas=canvas, valid=(height, canvas[1]), original=(height, canvas[1]))
+    prepared = Prepared(pixels=np.zeros((3, *canvas), np.float32), letterbox=box, decode_s=0.0, preprocess_s=0.0)
+    return Job(prepared=prepared, params=SEMANTIC, deadline=time.monotonic() + deadline_s)
 
 
-async def _run(backend: Any, jobs_spec: list[tuple[float, Job]], **kwargs: Any) -> list[Any]:
+def _batcher(bundle: Bundle, backend: Any, **kwargs: Any) -> Batcher:
+    segmenter = Segmenter(bundle, backend, canvases=["128x128", "128x192"])
+    return Batcher(segmenter, metrics=Metrics(), **{"max_batch": 4, "max_delay_s": 0.05, "max_queue": 64, **kwargs})
+
+
+async def _run(bundle: Bundle, backend: Any, jobs_spec: list[tuple[float, Job]], **kwargs: Any) -> list[Any]:
     """Submit jobs at the given offsets (s) and gather their results or exceptions."""
-    batcher = Batcher(backend, metrics=Metrics(), **{"max_batch": 4, "max_delay_s": 0.05, "max_queue": 64, **kwargs})
+    batcher = _batcher(bundle, backend, **kwargs)
     batcher.start()
     futures = []
     start = time.monotonic()
@@ -75,11 +86,15 @@ async def _run(backend: Any, jobs_spec: list[tuple[float, Job]], **kwargs: Any) 
 @pytest.mark.parametrize(
     ("count", "max_batch", "expected"), [(1, 4, [1]), (4, 4, [4]), (10, 4, [4, 4, 2]), (5, 1, [1] * 5)]
 )
-def test_collates_up_to_max_batch(backend: OnnxRuntimeBackend, count: int, max_batch: int, expected: list[int]) -> None:
+def test_collates_up_to_max_batch(
+    bundle: Bundle, backend: OnnxRuntimeBackend, count: int, max_batch: int, expected: list[int]
+) -> None:
     recording = RecordingBackend(backend)
 
     async def scenario() -> list[Any]:
-        return await _run(recording, [(0.0, _job()) for _ in range(count)], max_batch=max_batch, max_delay_s=0.2)
+        return await _run(
+            bundle, recording, [(0.0, _job()) for _ in range(count)], max_batch=max_batch, max_delay_s=0.2
+        )
 
     results = asyncio.run(scenario())
     assert recording.calls == expected
@@ -87,54 +102,57 @@ def test_collates_up_to_max_batch(backend: OnnxRuntimeBackend, count: int, max_b
     assert [r.batch_size for r in results] == [size for size in expected for _ in range(size)]
 
 
-def test_window_is_anchored_at_the_oldest_job(backend: OnnxRuntimeBackend) -> None:
+def test_window_is_anchored_at_the_oldest_job(bundle: Bundle, backend: OnnxRuntimeBackend) -> None:
     recording = RecordingBackend(backend)
     # 0.0 and 0.1 share the window of the job at 0.0 (0.3 s); 0.7 arrives after it closed.
     # The margins are 0.2 s or more either side, so a loaded CI machine cannot flip the result.
     spec = [(0.0, _job()), (0.1, _job()), (0.7, _job())]
-    asyncio.run(_run(recording, spec, max_delay_s=0.3))
+    asyncio.run(_run(bundle, recording, spec, max_delay_s=0.3))
     assert recording.calls == [2, 1]
 
 
 @pytest.mark.parametrize("delay", [0.0, 0.01])
-def test_a_batch_holds_one_canvas(backend: OnnxRuntimeBackend, delay: float) -> None:
+def test_a_batch_holds_one_canvas(bundle: Bundle, backend: OnnxRuntimeBackend, delay: float) -> None:
     recording = RecordingBackend(backend)
     spec = [(0.0, _job((128, 128))), (0.0, _job((128, 192))), (0.0, _job((128, 128))), (0.0, _job((128, 192)))]
-    results = asyncio.run(_run(recording, spec, max_delay_s=delay + 0.1))
+    results = asyncio.run(_run(bundle, recording, spec, max_delay_s=delay + 0.1))
     assert sorted(recording.calls) == [2, 2]
     assert [r.outputs["semantic_map"].shape for r in results] == [(128, 128), (128, 192)] * 2
 
 
-def test_failure_reaches_only_its_batch(backend: OnnxRuntimeBackend) -> None:
+def test_failure_reaches_only_its_batch(bundle: Bundle, backend: OnnxRuntimeBackend) -> None:
     recording = RecordingBackend(backend, fail_height=77)
     spec = [(0.0, _job(height=77)), (0.0, _job()), (0.3, _job()), (0.3, _job())]
-    results = asyncio.run(_run(recording, spec, max_batch=2, max_delay_s=0.1))
+    results = asyncio.run(_run(bundle, recording, spec, max_batch=2, max_delay_s=0.1))
     assert [type(r).__name__ for r in results] == ["InferenceFailed", "InferenceFailed", "JobResult", "JobResult"]
 
 
-def test_result_count_mismatch_fails_the_batch(backend: OnnxRuntimeBackend) -> None:
-    results = asyncio.run(_run(RecordingBackend(backend, wrong_size=True), [(0.0, _job()), (0.0, _job())]))
+def test_result_count_mismatch_fails_the_batch(bundle: Bundle, backend: OnnxRuntimeBackend) -> None:
+    results = asyncio.run(_run(bundle, RecordingBackend(backend, wrong_size=True), [(0.0, _job()), (0.0, _job())]))
     assert all(isinstance(r, InferenceFailed) and "wrong batch size" in r.message for r in results)
 
 
-def test_queue_full_and_cancel_and_deadline(backend: OnnxRuntimeBackend) -> None:
+def test_queue_full_and_cancel_and_deadline(bundle: Bundle, backend: OnnxRuntimeBackend) -> None:
     async def scenario() -> None:
         metrics = Metrics()
-        batcher = Batcher(RecordingBackend(backend), max_batch=1, max_delay_s=10, max_queue=2, metrics=metrics)
+        batcher = _batcher(bundle, RecordingBackend(backend), max_batch=1, max_delay_s=10, max_queue=2)
+        batcher.metrics = metrics
         kept, dropped = _job(), _job()
-        batcher.submit(kept)
-        batcher.submit(dropped)
+        kept_future = batcher.submit(kept)
+        dropped_future = batcher.submit(dropped)
         with pytest.raises(QueueFull) as full:
             batcher.submit(_job())
         assert int(full.value.headers["Retry-After"]) >= 1
         batcher.cancel(dropped)
-        assert batcher.depth == 1 and dropped.future.cancelled()
+        assert batcher.depth == 1 and dropped_future.cancelled()
+        assert metrics.queue_depth._value.get() == 1
         expired = _job(deadline_s=-1)
-        batcher.submit(expired)
+        expired_future = batcher.submit(expired)
         batcher.start()
-        assert (await kept.future).batch_size == 1
+        assert (await kept_future).batch_size == 1
         with pytest.raises(DeadlineExceeded):
-            await expired.future
+            await expired_future
+        assert batcher.depth == 0
         await batcher.close()
 
     asyncio.run(scenario())

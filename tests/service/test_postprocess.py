@@ -6,22 +6,19 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as coco_mask
 
-from maskserve.service.postprocess import (
-    Letterbox,
-    PanopticRule,
-    TaskParams,
-    column_major_resized,
-    postprocess,
-    resize_indices,
-)
+from maskserve.service.postprocess import PanopticRule, PostProcessor, TaskParams, column_major_resized, resize_indices
+from maskserve.service.preprocess import Letterbox
 
-ISTHING = np.array([True, True, False, False])
+LABELS = ("circle", "square", "sky", "ground")
+ISTHING = (True, True, False, False)
+postprocess = PostProcessor(LABELS, ISTHING)
+transformers_rule = PostProcessor(LABELS, ISTHING, PanopticRule.TRANSFORMERS)
 
 
 def _decode(segment) -> np.ndarray:
-    return coco_mask.decode({"size": segment.mask.rle["size"], "counts": segment.mask.rle["counts"].encode()}).astype(
-        bool
-    )
+    decoded = coco_mask.decode({"size": segment.rle["size"], "counts": segment.rle["counts"].encode()}).astype(bool)
+    assert np.array_equal(decoded, segment.mask())
+    return decoded
 
 
 def test_resize_is_pixel_centre_nearest() -> None:
@@ -56,12 +53,12 @@ def test_semantic_filters_and_crops_padding() -> None:
     label_map[:6, 0] = 1  # a thin column of label 1: 6 pixels
     box = Letterbox(canvas=(8, 8), valid=(6, 6), original=(6, 6))
     params = TaskParams("semantic", 0.5, 0.5, 0.8)
-    segments = postprocess({"semantic_map": label_map}, box, params, ISTHING)
-    assert [(s.label_id, s.mask.area, s.score) for s in segments] == [(0, 20, None), (1, 6, None), (3, 10, None)]
+    segments = postprocess({"semantic_map": label_map}, box, params)
+    assert [(s.label_id, s.area, s.score) for s in segments] == [(0, 20, None), (1, 6, None), (3, 10, None)]
     assert [s.id for s in segments] == [1, 2, 3]
-    only = postprocess({"semantic_map": label_map}, box, TaskParams("semantic", 0.5, 0.5, 0.8, frozenset({3})), ISTHING)
+    only = postprocess({"semantic_map": label_map}, box, TaskParams("semantic", 0.5, 0.5, 0.8, frozenset({3})))
     assert [s.label_id for s in only] == [3] and only[0].id == 1
-    big = postprocess({"semantic_map": label_map}, box, TaskParams("semantic", 0.5, 0.5, 0.8, min_area=7), ISTHING)
+    big = postprocess({"semantic_map": label_map}, box, TaskParams("semantic", 0.5, 0.5, 0.8, min_area=7))
     assert [s.label_id for s in big] == [0, 3]
 
 
@@ -80,8 +77,9 @@ def _panoptic_outputs() -> dict[str, np.ndarray]:
 
 def test_panoptic_fuses_stuff_and_keeps_ids_unique() -> None:
     box = Letterbox(canvas=(4, 8), valid=(4, 8), original=(4, 8))
-    segments = postprocess(_panoptic_outputs(), box, TaskParams("panoptic", 0.5, 0.5, 0.8), ISTHING)
+    segments = postprocess(_panoptic_outputs(), box, TaskParams("panoptic", 0.5, 0.5, 0.8))
     assert [(s.id, s.label_id, s.score, s.isthing) for s in segments] == [(1, 0, 0.9, True), (2, 2, 0.8, False)]
+    assert [s.label for s in segments] == ["circle", "sky"]
     thing, stuff = (_decode(s) for s in segments)
     assert thing[:, :3].all() and not thing[:, 3:].any()  # paper rule: below-threshold pixels excluded
     assert stuff[:, 4:].all() and not stuff[:, :4].any()  # q1 and q2 fused
@@ -90,20 +88,20 @@ def test_panoptic_fuses_stuff_and_keeps_ids_unique() -> None:
 def test_panoptic_transformers_rule() -> None:
     box = Letterbox(canvas=(4, 8), valid=(4, 8), original=(4, 8))
     params = TaskParams("panoptic", 0.5, 0.5, 0.8)
-    segments = postprocess(_panoptic_outputs(), box, params, ISTHING, PanopticRule.TRANSFORMERS)
+    segments = transformers_rule(_panoptic_outputs(), box, params)
     thing = _decode(segments[0])
     assert thing[:, :4].all()  # the whole argmax region, including the below-threshold column
     # q2's weighted area is 2 -> ratio 8/2 > 0.8 keeps it; both rules fuse it into the stuff segment
-    assert [(s.label_id, s.mask.area) for s in segments] == [(0, 16), (2, 16)]
+    assert [(s.label_id, s.area) for s in segments] == [(0, 16), (2, 16)]
 
 
 def test_panoptic_overlap_test_drops_fragments() -> None:
     out = _panoptic_outputs()
     out["panoptic_areas"][0] = [16, 12, 40, 40]  # the argmax region is < 80% of the query's own mask
     box = Letterbox(canvas=(4, 8), valid=(4, 8), original=(4, 8))
-    segments = postprocess(out, box, TaskParams("panoptic", 0.5, 0.5, 0.8), ISTHING)
+    segments = postprocess(out, box, TaskParams("panoptic", 0.5, 0.5, 0.8))
     assert [s.label_id for s in segments] == [2]
-    assert postprocess(out, box, TaskParams("panoptic", 0.95, 0.5, 0.8), ISTHING) == []
+    assert postprocess(out, box, TaskParams("panoptic", 0.95, 0.5, 0.8)) == []
 
 
 def test_instance_sorts_filters_and_upsamples() -> None:
@@ -117,8 +115,8 @@ def test_instance_sorts_filters_and_upsamples() -> None:
         "instance_masks": masks,
     }
     box = Letterbox(canvas=(8, 8), valid=(8, 8), original=(16, 16))
-    segments = postprocess(out, box, TaskParams("instance", 0.5, 0.5, 0.8), ISTHING)
+    segments = postprocess(out, box, TaskParams("instance", 0.5, 0.5, 0.8))
     assert [(s.label_id, s.score) for s in segments] == [(1, 0.9), (0, 0.6)]
     first = _decode(segments[1])
     assert first[:8, :8].all() and first.sum() == 64  # one 1/4-res cell = 4x4 canvas px = 8x8 original px
-    assert postprocess(out, box, TaskParams("instance", 0.7, 0.5, 0.8), ISTHING)[0].label_id == 1
+    assert postprocess(out, box, TaskParams("instance", 0.7, 0.5, 0.8))[0].label_id == 1

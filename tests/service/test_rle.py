@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from pycocotools import mask as coco_mask
 
-from maskserve.service.rle import encode_label_map, encode_mask
+from maskserve.service.rle import decode_mask, encode_label_map, encode_mask
 
 
 def _reference(mask: np.ndarray) -> dict:
@@ -59,3 +59,24 @@ def test_label_map_encodes_every_id_in_one_pass() -> None:
     for label, enc in zip(ids, encoded, strict=True):
         assert enc.rle["counts"] == _reference(label_map == label)["counts"].decode()
     assert encoded[3].area == 0 and encoded[3].bbox == (0, 0, 0, 0)
+
+
+def test_decode_matches_pycocotools() -> None:
+    rng = np.random.default_rng(5)
+    cases = [np.zeros((7, 5), bool), np.ones((7, 5), bool), np.zeros((1, 1), bool), np.ones((1, 1), bool)]
+    cases += [rng.random((int(rng.integers(1, 90)), int(rng.integers(1, 90)))) < rng.random() for _ in range(200)]
+    big = np.zeros((1000, 700), bool)
+    big[100:900, 50:650] = True  # long runs: multi-digit counts, and negative deltas between them
+    big[400:600, 300:400] = False
+    cases.append(big)
+    for mask in cases:
+        rle = coco_mask.encode(np.asfortranarray(mask.astype(np.uint8)))
+        expected = coco_mask.decode(rle).astype(bool)
+        assert np.array_equal(decode_mask(rle), expected)
+        assert np.array_equal(decode_mask({"size": rle["size"], "counts": rle["counts"].decode()}), mask)
+
+
+def test_decode_refuses_counts_that_do_not_cover_the_image() -> None:
+    rle = encode_mask(np.ones((4, 4), bool)).rle
+    with pytest.raises(ValueError, match="cover"):
+        decode_mask({"size": [5, 4], "counts": rle["counts"]})

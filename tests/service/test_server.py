@@ -21,7 +21,7 @@ from maskserve.bundle import Bundle
 from maskserve.service.preprocess import Normalizer, prepare
 from maskserve.service.schemas import SegmentResponse
 from tests.service import images
-from tests.service.server import metric, running_server, server_process
+from tests.service.server import HeldBackend, metric, running_server, server_process
 
 SIZES = [(100, 150), (128, 128), (90, 60), (200, 120), (64, 64), (77, 201), (128, 190), (30, 30)]
 TASKS = ["panoptic", "instance", "semantic"]
@@ -89,7 +89,9 @@ def test_every_rle_matches_the_bundle_outputs(swin_bundle: Path, task: str) -> N
         for seed, (h, w) in enumerate([(100, 150), (128, 128), (90, 61)]):
             data = images.png(h, w, seed=seed)
             body = httpx.post(
-                f"{url}/v1/segment", params={"task": task, "threshold": "0.2"}, files={"image": ("x.png", data)}
+                f"{url}/v1/segment",
+                params={"task": task, "threshold": "0.2", "overlap_threshold": "0"},
+                files={"image": ("x.png", data)},
             ).json()
             SegmentResponse.model_validate(body)
             assert body["image"] == {"width": w, "height": h}
@@ -102,6 +104,7 @@ def test_every_rle_matches_the_bundle_outputs(swin_bundle: Path, task: str) -> N
                 "mask_threshold": np.array([0.5], np.float32),
             }
             out = dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds), strict=True))
+            assert body["segments"], f"the fixture should produce {task} segments for {h}x{w}"
             for segment in body["segments"]:
                 decoded = _decode(segment["rle"])
                 assert decoded.shape == (h, w) and decoded.sum() == segment["area"]
@@ -301,18 +304,23 @@ def _raw_post(port: int, data: bytes) -> socket.socket:
 
 def test_client_disconnect_drops_queued_work(swin_bundle: Path) -> None:
     data = images.png(300, 300)
-    # 2048x2048 keeps the first request running for about 0.6 s, well past the 0.4 s in which
-    # the other three arrive and leave (at 1024x1024 it could finish first and let one of them start).
-    with running_server(swin_bundle, max_batch_size=1, canvases="2048x2048", max_delay_ms=0) as (url, _):
+    held = HeldBackend()
+    with running_server(swin_bundle, wrap_backend=held.wrap, max_batch_size=1, max_delay_ms=0) as (url, _):
         port = int(url.rsplit(":", 1)[1])
 
         async def scenario() -> list[httpx.Response]:
             async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+                held.hold()  # the first request's batch stays running until released
                 first = asyncio.create_task(client.post("/v1/segment", files={"image": ("x.png", data)}))
-                await asyncio.sleep(0.2)  # the first request is now running
+                assert await asyncio.to_thread(held.held.wait, 60), "the first request never reached the model"
                 for _ in range(3):  # three more queue behind it, then their clients vanish
                     _raw_post(port, data).close()
-                await asyncio.sleep(0.2)
+                gone = 'status="499",task="panoptic"'
+                for _ in range(600):  # until the server has seen all three leave
+                    if metric(url, "maskserve_request_duration_seconds_count", gone) == 3:
+                        break
+                    await asyncio.sleep(0.05)
+                held.release()
                 last = await client.post("/v1/segment", files={"image": ("x.png", data)})
                 return [await first, last]
 
@@ -320,8 +328,8 @@ def test_client_disconnect_drops_queued_work(swin_bundle: Path) -> None:
         ran = metric(url, "maskserve_inferences_total")
         statuses = metric(url, "maskserve_request_duration_seconds_count", 'status="499",task="panoptic"')
     assert [r.status_code for r in responses] == [200, 200]
-    assert ran == 2, f"{ran} images ran: the disconnected clients' work was not dropped"
-    assert statuses == 3
+    assert statuses == 3, "the disconnected clients were not noticed"
+    assert ran == 2 and held.calls == 2, f"{ran} images ran: the disconnected clients' work was not dropped"
 
 
 def test_sigterm_drains_in_flight_requests(swin_bundle: Path) -> None:
@@ -378,7 +386,8 @@ def test_api_surface(swin_bundle: Path) -> None:
             files={"image": ("x.png", images.png(40, 40))},
             params={"task": "semantic", "label_ids": "2,3"},
         )
-        assert {s["label_id"] for s in filtered.json()["segments"]} <= {2, 3}
+        kept = {s["label_id"] for s in filtered.json()["segments"]}
+        assert kept and kept <= {2, 3}, kept
         text = client.get("/metrics").text
         assert 'maskserve_model_info{backend="onnxruntime"' in text
         json.loads(client.get("/openapi.json").text)

@@ -17,7 +17,7 @@ def test_every_field_is_an_env_var_and_documented(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("MASKSERVE_CANVASES", "128x128, 128x192")
     settings = Settings()
     assert settings.bundle == swin_bundle and settings.max_batch_size == 3
-    assert settings.canvas_shapes() == [(128, 128), (128, 192)]
+    assert [canvas.hw for canvas in settings.canvases or []] == [(128, 128), (128, 192)]
     readme = (Path(__file__).parents[2] / "README.md").read_text()
     for name, field in Settings.model_fields.items():
         assert field.description, f"{name} has no description"
@@ -29,7 +29,7 @@ def test_every_field_is_an_env_var_and_documented(monkeypatch: pytest.MonkeyPatc
     [
         ({"max_batch_size": 0}, "max_batch_size"),
         ({"max_delay_ms": -1}, "max_delay_ms"),
-        ({"canvases": "100x128"}, "multiples of 32"),
+        ({"canvases": "100x128"}, "multiple of 32"),
         ({"canvases": "big"}, "HxW"),
         ({"port": 70000}, "port"),
         ({"provider": "rocm"}, "provider"),

@@ -7,14 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from maskserve.bundle import OUTPUTS, RAW_OUTPUTS, Bundle
+from maskserve.bundle import SERVED_OUTPUTS, Bundle
 
 pytestmark = pytest.mark.gpu
 
 
 @pytest.fixture(scope="module")
 def engine_request(swin_bundle: Path, tmp_path_factory: pytest.TempPathFactory):
-    from maskserve.service.backends.engine_store import EngineRequest
+    from maskserve.service.engines import EngineRequest
 
     bundle = Bundle.load(swin_bundle)
     return lambda precision: EngineRequest(
@@ -28,9 +28,9 @@ def engine_request(swin_bundle: Path, tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_build_verify_cache_and_run(engine_request, precision: str) -> None:
-    from maskserve.service.backends import OnnxRuntimeBackend
-    from maskserve.service.backends.engine_store import ensure_engine
-    from maskserve.service.backends.tensorrt import TensorRTBackend
+    from maskserve.service.backends.ort import OnnxRuntimeBackend
+    from maskserve.service.backends.tensorrt.backend import TensorRTBackend
+    from maskserve.service.engines import ensure_engine
 
     request = engine_request(precision)
     path, manifest = ensure_engine(request)
@@ -38,7 +38,7 @@ def test_build_verify_cache_and_run(engine_request, precision: str) -> None:
     again, cached = ensure_engine(request)
     assert again == path and cached.build_seconds == manifest.build_seconds  # loaded, not rebuilt
 
-    outputs = [name for name in OUTPUTS if name not in RAW_OUTPUTS]
+    outputs = list(SERVED_OUTPUTS)
     rng = np.random.default_rng(1)
     feeds = {
         "pixel_values": rng.standard_normal((3, 3, 128, 192)).astype(np.float32),

@@ -1,25 +1,35 @@
-"""The server's long-lived state: bundle, backend, batcher, pools, and the load/drain lifecycle."""
+"""The server's long-lived state (uvicorn calls its equivalent ``ServerState``): the bundle, the
+segmenter and its batcher, the worker pool, the LOADING/READY/DRAINING/FAILED lifecycle, and
+the one admission gate every request passes."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from enum import StrEnum
 
-import numpy as np
-
 from maskserve.bundle import Bundle, BundleError
-from maskserve.service.backends import Backend, load_backend
-from maskserve.service.backends.base import graph_feeds
+from maskserve.errors import first_line
+from maskserve.service.backends import Backend
 from maskserve.service.batcher import Batcher
+from maskserve.service.errors import Draining, NotReady
+from maskserve.service.loading import check_runtime, load_backend
 from maskserve.service.metrics import Metrics
 from maskserve.service.postprocess import PanopticRule
-from maskserve.service.preprocess import Normalizer
+from maskserve.service.segmenter import Segmenter, serving_canvases
 from maskserve.service.settings import Settings
 
 log = logging.getLogger("maskserve")
+
+SHUTTING_DOWN = "the server is shutting down"
+
+# A test seam: wraps the real backend once it is loaded (for example to hold a batch open).
+BackendWrapper = Callable[[Backend], Backend]
 
 
 class State(StrEnum):
@@ -29,11 +39,23 @@ class State(StrEnum):
     FAILED = "failed"
 
 
-class Runtime:
-    """Everything one server instance owns. Construction is cheap and validates the
-    configuration; ``start`` does the slow part (session creation, warm-up)."""
+@dataclass(frozen=True)
+class Serving:
+    """What an admitted request works with."""
 
-    def __init__(self, settings: Settings) -> None:
+    segmenter: Segmenter
+    batcher: Batcher
+    pool: ThreadPoolExecutor
+    metrics: Metrics
+    settings: Settings
+
+
+class ServerState:
+    """Everything one server instance owns. Construction is cheap and validates the
+    configuration (``BundleError`` or ``BackendError``, one line each); ``start`` does the slow
+    part (session creation, warm-up)."""
+
+    def __init__(self, settings: Settings, wrap_backend: BackendWrapper | None = None) -> None:
         self.settings = settings
         self.bundle = Bundle.load(settings.bundle)
         manifest = self.bundle.manifest
@@ -41,18 +63,18 @@ class Runtime:
             raise BundleError(
                 f"max_batch_size {settings.max_batch_size} exceeds the bundle's max batch {manifest.max_batch}"
             )
-        self.canvases = settings.canvas_shapes() or [canvas.hw for canvas in manifest.canvases]
+        self.backend_kind = check_runtime(settings.backend_options(), self.bundle)
+        self.canvases = serving_canvases(manifest, settings.canvases)
         self.max_batch = settings.max_batch_size
-        self.metrics = Metrics()
-        self.normalizer = Normalizer(manifest.normalization)
-        self.isthing = np.array([label.isthing for label in manifest.labels], dtype=bool)
         self.panoptic_rule = PanopticRule(settings.panoptic_rule)
+        self.metrics = Metrics()
         self.pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="maskserve-worker")
         self.state = State.LOADING
         self.failure: str | None = None
-        self.backend: Backend | None = None
+        self.segmenter: Segmenter | None = None
         self.batcher: Batcher | None = None
         self.inflight = 0
+        self._wrap_backend = wrap_backend
         self._quiet = asyncio.Event()
         self._quiet.set()
 
@@ -64,24 +86,25 @@ class Runtime:
         """Create the backend and warm it up off the event loop, then start batching."""
         started = time.perf_counter()
         try:
-            backend = await asyncio.to_thread(load_backend, self.settings, self.bundle, self.canvases, self.max_batch)
-            self.backend = backend
-            self.max_batch = min(self.max_batch, backend.max_batch)  # an engine profile may be smaller
+            segmenter = await asyncio.to_thread(self._load)
             if self.settings.warmup:
-                await asyncio.to_thread(self._warm_up, backend)
+                await asyncio.to_thread(segmenter.warm_up)
         except Exception as exc:
             self.state = State.FAILED
-            self.failure = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            self.failure = first_line(exc)
             log.error("model failed to load: %s", self.failure)
             raise
+        self.segmenter = segmenter
+        self.max_batch = segmenter.max_batch
         self.batcher = Batcher(
-            backend,
+            segmenter,
             max_batch=self.max_batch,
             max_delay_s=self.settings.max_delay_ms / 1000,
             max_queue=self.settings.max_queue,
             metrics=self.metrics,
         )
         self.batcher.start()
+        backend = segmenter.backend
         self.metrics.model_info.info(
             {
                 "bundle": self.bundle.manifest.name,
@@ -102,22 +125,39 @@ class Runtime:
             self.max_batch,
         )
 
-    def _warm_up(self, backend: Backend) -> None:
-        """Run every (batch size, canvas) shape once, so no request pays for first-run setup."""
-        from maskserve.bundle import OUTPUTS, RAW_OUTPUTS
+    def _load(self) -> Segmenter:
+        backend = load_backend(self.settings.backend_options(), self.bundle, self.canvases, self.max_batch)
+        if self._wrap_backend is not None:
+            backend = self._wrap_backend(backend)
+        return Segmenter(
+            self.bundle,
+            backend,
+            canvases=[f"{h}x{w}" for h, w in self.canvases],
+            panoptic_rule=self.panoptic_rule,
+            max_batch=self.max_batch,
+            max_image_pixels=self.settings.max_image_pixels,
+        )
 
-        outputs = [name for name in OUTPUTS if name not in RAW_OUTPUTS]
-        for height, width in self.canvases:
-            for batch in range(1, self.max_batch + 1):
-                pixels = np.zeros((batch, 3, height, width), dtype=np.float32)
-                backend.run(graph_feeds(pixels, [(height, width)] * batch, 0.5, 0.5), outputs)
+    @asynccontextmanager
+    async def admit(self) -> AsyncIterator[Serving]:
+        """The one gate: refuse while draining (503 ``draining``) or not loaded (503
+        ``not_ready``); otherwise the request counts as in flight, and a drain waits for it."""
+        if self.state is State.DRAINING:
+            raise Draining(SHUTTING_DOWN)
+        if self.state is not State.READY or self.segmenter is None or self.batcher is None:
+            raise NotReady("the model is still loading" if self.state is State.LOADING else "the model failed to load")
+        self._enter()
+        try:
+            yield Serving(self.segmenter, self.batcher, self.pool, self.metrics, self.settings)
+        finally:
+            self._leave()
 
-    def enter(self) -> None:
+    def _enter(self) -> None:
         self.inflight += 1
         self.metrics.inflight.set(self.inflight)
         self._quiet.clear()
 
-    def leave(self) -> None:
+    def _leave(self) -> None:
         self.inflight -= 1
         self.metrics.inflight.set(self.inflight)
         if self.inflight == 0:
@@ -137,6 +177,6 @@ class Runtime:
     async def close(self) -> None:
         if self.batcher is not None:
             await self.batcher.close()
-        if self.backend is not None:
-            self.backend.close()
+        if self.segmenter is not None:
+            self.segmenter.close()
         self.pool.shutdown(wait=False, cancel_futures=True)

@@ -3,7 +3,9 @@
 
 One execution context per optimization profile (one profile per canvas), each with device
 buffers sized for the profile's max batch, allocated once. Only the outputs a batch needs are
-copied back to the host; the rest (raw logits included) stay on the device.
+copied back to the host; the rest (raw logits included) stay on the device. A context is not
+thread-safe, so ``run`` holds a lock (the ``Backend`` contract: ``run`` may be called from any
+thread).
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ import numpy as np
 import numpy.typing as npt
 
 from maskserve.service.backends.base import BackendError
-from maskserve.service.backends.cuda import DeviceBuffer, PinnedBuffer, Stream
-from maskserve.service.backends.trt_build import _Logger, tensorrt_module
+from maskserve.service.backends.tensorrt.build import TensorRTLogger, tensorrt_module
+from maskserve.service.backends.tensorrt.cuda import DeviceBuffer, PinnedBuffer, Stream
 
 log = logging.getLogger("maskserve")
 
@@ -42,7 +44,7 @@ class TensorRTBackend:
     def __init__(self, engine_path: Path, cuda_graphs: bool = False) -> None:
         trt = tensorrt_module()
         self._trt = trt
-        self._logger = _Logger(trt).impl
+        self._logger = TensorRTLogger(trt).impl
         self._runtime = trt.Runtime(self._logger)
         self.engine = self._runtime.deserialize_cuda_engine(engine_path.read_bytes())
         if self.engine is None:

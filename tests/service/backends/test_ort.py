@@ -5,10 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 
-from maskserve.bundle import OUTPUTS, RAW_OUTPUTS, TASK_OUTPUTS, Bundle
-from maskserve.service.backends import OnnxRuntimeBackend
+from maskserve.bundle import SERVED_OUTPUTS, TASK_OUTPUTS, Bundle
+from maskserve.service.backends import BackendError
+from maskserve.service.backends.ort import OnnxRuntimeBackend, provider_chain
 
 
 def _feeds(batch: int, canvas: tuple[int, int], seed: int) -> dict[str, np.ndarray]:
@@ -27,7 +29,7 @@ def test_staged_equals_fused(bundle_factory, backbone: str) -> None:
     staged = OnnxRuntimeBackend(path, max_batch=8, provider="cpu")
     fused = OnnxRuntimeBackend(path, max_batch=8, provider="cpu", staged=False)
     assert staged.staged and not fused.staged
-    outputs = [name for name in OUTPUTS if name not in RAW_OUTPUTS]
+    outputs = list(SERVED_OUTPUTS)
     for batch, canvas in [(1, (128, 128)), (3, (128, 192))]:
         feeds = _feeds(batch, canvas, seed=batch)
         a, b = staged.run(feeds, outputs), fused.run(feeds, outputs)
@@ -44,3 +46,19 @@ def test_staged_runs_only_requested_heads(swin_bundle: Path) -> None:
     for task, names in TASK_OUTPUTS.items():
         result = backend.run(_feeds(2, (128, 128), 0), list(names))
         assert sorted(result) == sorted(names), task
+
+
+def test_provider_chain() -> None:
+    available = ort.get_available_providers()
+    assert provider_chain("auto", available)[-1] == "CPUExecutionProvider"
+    assert provider_chain("auto", ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]) == [
+        "TensorrtExecutionProvider",
+        "CUDAExecutionProvider",
+        "CPUExecutionProvider",
+    ]
+    assert provider_chain("cuda", ["CUDAExecutionProvider", "CPUExecutionProvider"]) == [
+        "CUDAExecutionProvider",
+        "CPUExecutionProvider",
+    ]
+    with pytest.raises(BackendError, match="not available"):
+        provider_chain("tensorrt", ["CPUExecutionProvider"])

@@ -5,6 +5,8 @@ then only the heads of the tasks the batch asked for. ONNX Runtime computes ever
 session whatever outputs are fetched, and the three heads together cost about half as much as
 the body on a CPU (upsampling 100-150 maps to full resolution); on a GPU they are cheap and one
 fused graph is kept, so nothing leaves the device between stages.
+
+The module is named ``ort`` so that it never shadows the ``onnxruntime`` package it wraps.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import numpy.typing as npt
 import onnxruntime as ort
 
 from maskserve.bundle import INPUTS, RAW_OUTPUTS, TASK_OUTPUTS
+from maskserve.errors import first_line
 from maskserve.service.backends.base import BackendError
 
 log = logging.getLogger("maskserve")
@@ -65,6 +68,19 @@ def _provider_options(name: str, engine_cache: Path | None, fp16: bool) -> dict[
     return {}
 
 
+def _preload_cuda_libraries() -> None:
+    """Load the CUDA and cuDNN libraries that ``maskserve[gpu]`` installs from pip (the
+    ``nvidia-*`` wheels): they are not on the loader path, and ONNX Runtime >= 1.21 finds them
+    with ``preload_dlls`` (onnxruntime.ai/docs/execution-providers/CUDA-ExecutionProvider.html)."""
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is None:
+        return
+    try:
+        preload()
+    except Exception as exc:  # system CUDA libraries may serve instead; ORT reports what is missing
+        log.warning("onnxruntime.preload_dlls failed: %s", exc)
+
+
 class OnnxRuntimeBackend:
     name = "onnxruntime"
 
@@ -79,6 +95,8 @@ class OnnxRuntimeBackend:
         staged: bool | None = None,
     ) -> None:
         chain = provider_chain(provider, ort.get_available_providers())
+        if PROVIDERS["cuda"] in chain or PROVIDERS["tensorrt"] in chain:
+            _preload_cuda_libraries()
         self._options = ort.SessionOptions()
         self._options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self._options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -93,7 +111,7 @@ class OnnxRuntimeBackend:
             else:
                 self.session = self._session(str(model_path))
         except Exception as exc:  # ORT and onnx raise their own types; keep one line
-            raise BackendError(f"onnxruntime cannot load {model_path}: {str(exc).splitlines()[0]}") from exc
+            raise BackendError(f"onnxruntime cannot load {model_path}: {first_line(exc)}") from exc
         self.provider = self.session.get_providers()[0]
         self.max_batch = max_batch
         self._on_device = self.provider != PROVIDERS["cpu"]

@@ -1,18 +1,25 @@
-"""Find a valid cached TensorRT engine for a bundle, or build, verify and cache one."""
+"""Find a valid cached TensorRT engine for a bundle, or build, verify and cache one.
+
+Verification runs the engine and ONNX Runtime (CPU) through the same ``Segmenter`` request
+path on fixed-seed images and compares the answers, so an engine is judged on what clients get.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
+from pycocotools import mask as coco_mask
 
-from maskserve.bundle import OUTPUTS, RAW_OUTPUTS, Bundle
-from maskserve.service.backends.base import Backend, BackendError, graph_feeds
-from maskserve.service.backends.engine import (
+from maskserve.bundle import Bundle
+from maskserve.service.backends.base import BackendError
+from maskserve.service.backends.tensorrt.manifest import (
     EngineManifest,
     Precision,
     build_profiles,
@@ -21,7 +28,8 @@ from maskserve.service.backends.engine import (
     staleness,
     write_atomically,
 )
-from maskserve.service.postprocess import Letterbox, TaskParams, postprocess
+from maskserve.service.result import Result, Segment
+from maskserve.service.segmenter import Segmenter
 
 log = logging.getLogger("maskserve")
 
@@ -43,7 +51,7 @@ class EngineRequest:
 
 def ensure_engine(request: EngineRequest) -> tuple[Path, EngineManifest]:
     """The engine to load: the cached one if it is fresh, else a newly built and verified one."""
-    from maskserve.service.backends.trt_build import build_engine, current_key
+    from maskserve.service.backends.tensorrt.build import build_engine, current_key
 
     key = current_key()
     engine_path, manifest_path = engine_paths(request.cache_dir, request.bundle, key, request.precision)
@@ -59,7 +67,7 @@ def ensure_engine(request: EngineRequest) -> tuple[Path, EngineManifest]:
     log.info("building a %s TensorRT engine (%s); this takes minutes", request.precision, reason)
     profiles = build_profiles(request.canvases, request.batch)
     started = time.perf_counter()
-    plan = build_engine(
+    engine_bytes = build_engine(
         request.bundle.model_path,
         profiles,
         request.precision,
@@ -74,7 +82,7 @@ def ensure_engine(request: EngineRequest) -> tuple[Path, EngineManifest]:
         build_seconds=round(time.perf_counter() - started, 1),
     )
     staging = engine_path.with_name(engine_path.name + ".candidate")
-    write_atomically(staging, plan)
+    write_atomically(staging, engine_bytes)
     try:
         if request.verify:
             manifest.verification = verify_engine(staging, request.bundle, request.canvases, request.precision)
@@ -90,61 +98,72 @@ def ensure_engine(request: EngineRequest) -> tuple[Path, EngineManifest]:
 def verify_engine(
     engine_path: Path, bundle: Bundle, canvases: list[tuple[int, int]], precision: str, seed: int = 0
 ) -> dict[str, Any]:
-    """Compare the engine with ONNX Runtime on CPU on fixed-seed inputs, per canvas."""
-    from maskserve.service.backends.onnxruntime import OnnxRuntimeBackend
-    from maskserve.service.backends.tensorrt import TensorRTBackend
+    """Compare the engine with ONNX Runtime on CPU on fixed-seed images, per canvas."""
+    from maskserve.service.backends.ort import OnnxRuntimeBackend
+    from maskserve.service.backends.tensorrt.backend import TensorRTBackend
 
-    reference = OnnxRuntimeBackend(bundle.model_path, max_batch=bundle.manifest.max_batch, provider="cpu")
-    engine = TensorRTBackend(engine_path)
+    canvas_names = [f"{h}x{w}" for h, w in canvases]
+    reference = Segmenter(
+        bundle,
+        OnnxRuntimeBackend(bundle.model_path, max_batch=bundle.manifest.max_batch, provider="cpu"),
+        canvases=canvas_names,
+    )
+    candidate = Segmenter(bundle, TensorRTBackend(engine_path), canvases=canvas_names)
     try:
-        report = compare_backends(engine, reference, bundle, canvases, precision, seed)
+        return compare_backends(candidate, reference, precision, seed)
     finally:
-        engine.close()
+        candidate.close()
         reference.close()
-    return report
 
 
-def compare_backends(
-    candidate: Backend, reference: Backend, bundle: Bundle, canvases: list[tuple[int, int]], precision: str, seed: int
-) -> dict[str, Any]:
-    """Label-map agreement and per-segment mask IoU of ``candidate`` against ``reference``."""
+def verification_images(canvases: list[tuple[int, int]], seed: int) -> list[npt.NDArray[np.uint8]]:
+    """Two fixed-seed RGB images per canvas: one filling it, one letterboxed (3/4 x 1/2 + 5)."""
     rng = np.random.default_rng(seed)
-    outputs = [name for name in OUTPUTS if name not in RAW_OUTPUTS]
-    isthing = np.array([label.isthing for label in bundle.manifest.labels])
-    agreement: list[float] = []
+    sizes = [size for h, w in canvases for size in ((h, w), (max(1, h * 3 // 4), max(1, w // 2 + 5)))]
+    return [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in sizes]
+
+
+# The two answers an engine is compared on (Segmenter.segment_batch keyword arguments).
+SEMANTIC: dict[str, Any] = {"task": "semantic"}
+PANOPTIC: dict[str, Any] = {"task": "panoptic", "threshold": 0.3, "mask_threshold": 0.5}
+
+
+def answers(segmenter: Segmenter, images: Sequence[Any], request: dict[str, Any]) -> list[Result]:
+    """The engine-verification path: the images through ``segmenter`` as the server runs them
+    (prepare, forward in batches per canvas, post-process)."""
+    return segmenter.segment_batch(images, **request)
+
+
+def compare_backends(candidate: Segmenter, reference: Segmenter, precision: str, seed: int) -> dict[str, Any]:
+    """Semantic pixel agreement and per-segment panoptic mask IoU of ``candidate`` against
+    ``reference`` on the same images, both through the whole request path."""
+    images = verification_images(candidate.canvases, seed)
+    agreement = [
+        float((ours.label_map() == theirs.label_map()).mean())
+        for ours, theirs in zip(answers(candidate, images, SEMANTIC), answers(reference, images, SEMANTIC), strict=True)
+    ]
     ious: list[float] = []
-    for height, width in canvases:
-        batch = min(2, candidate.max_batch)
-        pixels = rng.standard_normal((batch, 3, height, width)).astype(np.float32)
-        feeds = graph_feeds(pixels, [(height, width)] * batch, 0.3, 0.5)
-        got, want = candidate.run(feeds, outputs), reference.run(feeds, outputs)
-        agreement.append(float((got["semantic_map"] == want["semantic_map"]).mean()))
-        box = Letterbox(canvas=(height, width), valid=(height, width), original=(height, width))
-        params = TaskParams("panoptic", 0.3, 0.5, bundle.manifest.thresholds.overlap)
-        for i in range(batch):
-            ours = postprocess({k: v[i] for k, v in got.items()}, box, params, isthing)
-            theirs = postprocess({k: v[i] for k, v in want.items()}, box, params, isthing)
-            ious.extend(_segment_ious(ours, theirs))
+    for ours, theirs in zip(answers(candidate, images, PANOPTIC), answers(reference, images, PANOPTIC), strict=True):
+        ious.extend(segment_ious(ours.segments, theirs.segments))
     limit_agreement, limit_iou = VERIFY_LIMITS[precision]
-    semantic = min(agreement)
+    lowest = min(agreement)
     mean_iou = float(np.mean(ious)) if ious else 1.0
     return {
-        "semantic_agreement": semantic,
+        "semantic_agreement": lowest,
         "panoptic_segments": len(ious),
         "mean_segment_iou": mean_iou,
         "min_segment_iou": float(min(ious)) if ious else 1.0,
         "limits": {"semantic_agreement": limit_agreement, "mean_segment_iou": limit_iou},
-        "passed": semantic >= limit_agreement and mean_iou >= limit_iou,
+        "passed": lowest >= limit_agreement and mean_iou >= limit_iou,
     }
 
 
-def _segment_ious(ours: list[Any], theirs: list[Any]) -> list[float]:
+def segment_ious(ours: Sequence[Segment], theirs: Sequence[Segment]) -> list[float]:
     """IoU of each reference segment with the best candidate segment of the same label
     (0 when the candidate has none), computed on the RLEs with pycocotools."""
-    from pycocotools import mask as coco_mask
 
-    def rle(segment: Any) -> dict[str, Any]:
-        return {"size": segment.mask.rle["size"], "counts": segment.mask.rle["counts"].encode()}
+    def rle(segment: Segment) -> dict[str, Any]:
+        return {"size": segment.rle["size"], "counts": segment.rle["counts"].encode()}
 
     result = []
     for want in theirs:

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from maskserve.service.backends.engine import EngineKey, Precision, Profile, write_atomically
+from maskserve.service.backends.tensorrt.manifest import EngineKey, Precision, Profile, write_atomically
 
 log = logging.getLogger("maskserve")
 
@@ -26,7 +26,7 @@ def tensorrt_module() -> Any:
     return trt
 
 
-class _Logger:
+class TensorRTLogger:
     """Routes TensorRT's messages to logging, keeping errors for the exception message."""
 
     def __init__(self, trt: Any) -> None:
@@ -48,7 +48,7 @@ class _Logger:
 
 
 def current_key() -> EngineKey:
-    from maskserve.service.backends.cuda import device_properties
+    from maskserve.service.backends.tensorrt.cuda import device_properties
 
     trt = tensorrt_module()
     name, capability = device_properties(0)
@@ -62,9 +62,9 @@ def build_engine(
     workspace_gb: float,
     timing_cache: Path | None,
 ) -> bytes:
-    """Parse, configure one optimization profile per canvas, build; returns the plan bytes."""
+    """Parse, configure one optimization profile per canvas, build; returns the serialized engine."""
     trt = tensorrt_module()
-    logger = _Logger(trt).impl
+    logger = TensorRTLogger(trt).impl
     builder = trt.Builder(logger)
     network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
     parser = trt.OnnxParser(network, logger)
@@ -90,13 +90,13 @@ def build_engine(
     config.set_timing_cache(cache, ignore_mismatch=True)
 
     started = time.perf_counter()
-    plan = builder.build_serialized_network(network, config)
-    if plan is None:
+    engine_bytes = builder.build_serialized_network(network, config)
+    if engine_bytes is None:
         raise RuntimeError(f"TensorRT failed to build the engine: {'; '.join(logger.errors) or 'no details'}")
     log.info("engine built in %.1f s", time.perf_counter() - started)
     if timing_cache is not None:
         write_atomically(timing_cache, bytes(config.get_timing_cache().serialize()))
-    return bytes(plan)
+    return bytes(engine_bytes)
 
 
 def _keep_fp32(trt: Any, network: Any) -> int:
