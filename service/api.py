@@ -2,32 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from starlette.datastructures import UploadFile
-from starlette.formparsers import MultiPartException, MultiPartParser
 
 from maskserve.bundle import Task
-from maskserve.service import pipeline
-from maskserve.service.errors import (
-    ERROR_TABLE,
-    EmptyBody,
-    InvalidRequest,
-    PayloadTooLarge,
-    UnsupportedMediaType,
-    error_body,
-)
+from maskserve.service import pipeline, uploads
+from maskserve.service.errors import ERROR_TABLE, InvalidRequest, error_body
 from maskserve.service.schemas import ErrorResponse, HealthResponse, LabelOut, ModelResponse, SegmentResponse
 from maskserve.service.state import SHUTTING_DOWN, ServerState, State
 
 router = APIRouter()
 SEGMENT_PATH = "/v1/segment"
-IMAGE_FIELD = "image"
-RAW_TYPES = ("application/octet-stream",)
+IMAGE_FIELD = uploads.IMAGE_FIELD
 
 
 def get_state(request: Request) -> ServerState:
@@ -62,7 +51,7 @@ _BODY = {
                     "properties": {IMAGE_FIELD: {"type": "string", "format": "binary"}},
                 }
             },
-            "image/*": {"schema": {"type": "string", "format": "binary"}},
+            **{media_type: {"schema": {"type": "string", "format": "binary"}} for media_type in uploads.IMAGE_TYPES},
         },
     }
 }
@@ -84,20 +73,29 @@ async def segment(
     threshold: Annotated[float | None, Query(ge=0, le=1, description="minimum segment score")] = None,
     mask_threshold: Annotated[float | None, Query(ge=0, le=1, description="mask probability cut-off")] = None,
     overlap_threshold: Annotated[float | None, Query(ge=0, le=1, description="panoptic overlap test")] = None,
-    label_ids: Annotated[list[str] | None, Query(description="only these label ids (repeat or comma-separate)")] = None,
+    label_ids: Annotated[
+        list[str] | None,  # documented as integers by service/openapi.py
+        Query(description="only these label ids (repeat the parameter, or comma-separate: `0,2`)"),
+    ] = None,
     min_area: Annotated[int, Query(ge=0, description="drop segments smaller than this many pixels")] = 0,
 ) -> Response:
     request.state.task = task or server.bundle.manifest.default_task  # the request-duration metric's label
-    arrival = request.state.arrival
-    async with server.admit() as serving:
-        params = serving.segmenter.params(
-            task, threshold, mask_threshold, overlap_threshold, _label_ids(label_ids), min_area
-        )
-        data = await _image_bytes(request, serving.settings.max_body_bytes)
-        try:
-            body = await pipeline.segment(serving, data, params, arrival, lambda: _disconnected(request))
-        except pipeline.ClientGone:
-            return Response(status_code=499)  # nginx's "client closed request"; nobody reads it
+    deadline = request.state.arrival + server.settings.request_timeout_s
+    server.check_open()
+    assert server.segmenter is not None
+    params = server.segmenter.params(
+        task, threshold, mask_threshold, overlap_threshold, _label_ids(label_ids), min_area
+    )
+    kind = uploads.check_before_reading(request, server.settings.max_body_bytes)
+    try:
+        with server.hold_body(uploads.declared_length(request)) as held:
+            timeout_s = server.settings.body_timeout_s
+            data = await uploads.read_image(request, kind, held.limit, timeout_s, deadline, server.guard)
+            upload, data = pipeline.Upload(data, held.release), b""  # the upload owns the bytes now
+            async with server.admit() as serving:
+                body = await pipeline.segment(serving, upload, params, deadline, lambda: uploads.disconnected(request))
+    except uploads.ClientGone:
+        return Response(status_code=499)  # nginx's "client closed request"; nobody reads it
     return Response(body, media_type="application/json")
 
 
@@ -109,59 +107,6 @@ def _label_ids(values: list[str] | None) -> list[int] | None:
         return [int(part) for item in values for part in item.split(",") if part.strip()]
     except ValueError as exc:
         raise InvalidRequest(f"label_ids must be integers: {values}") from exc
-
-
-async def _read_limited(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"the body is {declared} bytes; the limit is {limit}", headers={"Connection": "close"})
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"the body exceeds the limit of {limit} bytes", headers={"Connection": "close"})
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-async def _image_bytes(request: Request, limit: int) -> bytes:
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type == "multipart/form-data":
-        body = await _read_limited(request, limit)
-
-        async def replay() -> AsyncGenerator[bytes, None]:
-            yield body
-
-        try:
-            form = await MultiPartParser(request.headers, replay(), max_files=4, max_fields=32).parse()
-        except MultiPartException as exc:
-            raise InvalidRequest(f"malformed multipart body: {exc.message}") from exc
-        upload = form.get(IMAGE_FIELD)
-        if not isinstance(upload, UploadFile):
-            fields = ", ".join(sorted(form.keys())) or "none"
-            raise InvalidRequest(f"multipart field '{IMAGE_FIELD}' (a file) is missing; got fields: {fields}")
-        data = await upload.read()
-        await form.close()
-    elif content_type.startswith("image/") or content_type in RAW_TYPES:
-        data = await _read_limited(request, limit)
-    else:
-        shown = content_type or "none"
-        raise UnsupportedMediaType(
-            f"content type {shown} is not accepted: send multipart/form-data with field '{IMAGE_FIELD}', "
-            "or the raw image with Content-Type image/*"
-        )
-    if not data:
-        raise EmptyBody("the request has no image data")
-    return data
-
-
-async def _disconnected(request: Request) -> None:
-    """Completes when the client goes away. The body is already read, so the next ASGI
-    message can only be ``http.disconnect``."""
-    while True:
-        message = await request.receive()
-        if message["type"] == "http.disconnect":
-            return
 
 
 @router.get("/v1/model", response_model=ModelResponse, summary="The served model and runtime")

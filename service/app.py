@@ -12,13 +12,20 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import maskserve
+from maskserve.service import openapi
+from maskserve.service.admission import AdmissionGate
 from maskserve.service.api import SEGMENT_PATH, router
+from maskserve.service.auth import ApiKeyGuard, public_paths
 from maskserve.service.errors import install_handlers
 from maskserve.service.metrics import Metrics
+from maskserve.service.protocol_guard import ProtocolGuard
 from maskserve.service.settings import Settings
 from maskserve.service.state import BackendWrapper, ServerState
 
 log = logging.getLogger("maskserve")
+
+# POST paths that put images in flight: refused at once when ServerState.refusal says so.
+MODEL_PATHS = (SEGMENT_PATH,)
 
 
 def create_app(settings: Settings, wrap_backend: BackendWrapper | None = None) -> FastAPI:
@@ -48,7 +55,13 @@ def create_app(settings: Settings, wrap_backend: BackendWrapper | None = None) -
     app.state.server = server
     install_handlers(app, server.metrics)
     app.include_router(router)
+    openapi.install(app, server.bundle.manifest, SEGMENT_PATH)
+    # Starlette wraps the last-added middleware outermost: ProtocolGuard sees every request first.
+    app.add_middleware(AdmissionGate, server=server, paths=MODEL_PATHS)
     app.add_middleware(RequestTiming, metrics=server.metrics)
+    public = public_paths(settings.metrics_without_key)
+    app.add_middleware(ApiKeyGuard, key=settings.api_key, public=public, metrics=server.metrics)
+    app.add_middleware(ProtocolGuard)
     return app
 
 

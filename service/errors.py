@@ -53,7 +53,20 @@ class InvalidRequest(ServiceError):
 
 
 class QueueFull(ServiceError):
-    """Overloaded: the batch queue is full. Comes with Retry-After."""
+    """Overloaded: as many images as MASKSERVE_MAX_QUEUE are admitted already. Comes with Retry-After."""
+
+
+class BodyBudgetExceeded(ServiceError):
+    """Overloaded: the request bodies held at once would exceed MASKSERVE_BODY_BUDGET_MB. Comes with
+    Retry-After; refused before the body is read."""
+
+
+class RequestTimeout(ServiceError):
+    """The client did not send its request (headers or body) within the configured time."""
+
+
+class Unauthorized(ServiceError):
+    """An API key is configured and the request did not carry it."""
 
 
 class Draining(ServiceError):
@@ -81,6 +94,9 @@ ERROR_TABLE: dict[type[ServiceError], tuple[int, str, str | None]] = {
     PayloadTooLarge: (413, "payload_too_large", "payload"),
     ImageTooLarge: (413, "image_too_large", "bad_image"),
     QueueFull: (503, "overloaded", "queue_full"),
+    BodyBudgetExceeded: (503, "overloaded", "body_budget"),
+    RequestTimeout: (408, "request_timeout", "slow_client"),
+    Unauthorized: (401, "unauthorized", "unauthorized"),
     Draining: (503, "draining", "draining"),
     NotReady: (503, "not_ready", None),
     DeadlineExceeded: (504, "deadline_exceeded", "deadline"),

@@ -101,6 +101,10 @@ class OnnxRuntimeBackend:
         self._options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self._options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         self._options.intra_op_num_threads = intra_op_threads
+        # Idle intra-op threads spin by default, waiting for the next operator: on a CPU shared
+        # with the event loop and the decoding workers, that spinning takes the cores they need
+        # (503s that should take milliseconds took hundreds under load). Threads sleep instead.
+        self._options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self._options.inter_op_num_threads = 1
         self._providers = [(name, _provider_options(name, engine_cache, fp16)) for name in chain]
         self.staged = chain[0] == PROVIDERS["cpu"] if staged is None else staged
