@@ -405,12 +405,35 @@ def semantic_map(segmentation: F32, image_size: tuple[int, int], canvas: tuple[i
     return out
 
 
+def _threshold_bounds(threshold: np.float32) -> tuple[np.float32, np.float32]:
+    """Values above the first (below the second) are decided >= (<) threshold after interpolation."""
+    # Rounding the bounds to float32 moves them by at most 2u, inside MARGIN's slack.
+    return np.float32(float(threshold) + float(MARGIN)), np.float32(float(threshold) - float(MARGIN))
+
+
 def _mask_areas(grid: _Grid, probs: F32, scores: F32, threshold: np.float32) -> npt.NDArray[np.int64]:
     """``(Q, 2)``: valid pixels where the upsampled ``probs (Q, h, w)``, and it times ``scores``, reach threshold."""
+    # A map far below (or above) the threshold everywhere is settled by its extremes, since every
+    # pixel is a convex combination of its values: typical of the no-object queries.
+    upper, lower = _threshold_bounds(threshold)
+    flat = probs.reshape(len(probs), -1)
+    extremes = np.stack([flat.min(axis=1), flat.max(axis=1)])  # (2, Q)
+    counts = np.zeros((len(probs), 2), np.int64)
+    settled = np.ones(len(probs), bool)
+    for column, (smallest, largest) in enumerate((extremes, extremes * scores)):
+        counts[:, column] = np.where(smallest > upper, int(grid.valid.sum()), 0)
+        settled &= (smallest > upper) | (largest < lower)
+    active = np.flatnonzero(~settled)
+    if len(active):
+        counts[active] = _mask_areas_by_cell(grid, probs[active], scores[active], threshold)
+    return counts
+
+
+def _mask_areas_by_cell(grid: _Grid, probs: F32, scores: F32, threshold: np.float32) -> npt.NDArray[np.int64]:
+    """As ``_mask_areas``, deciding cell by cell."""
     num_queries = len(probs)
     low_min, low_max = grid.corner_range(probs)  # (Q, rows, cols)
-    # Rounding the bounds to float32 moves them by at most 2u, inside MARGIN's slack.
-    upper, lower = np.float32(float(threshold) + float(MARGIN)), np.float32(float(threshold) - float(MARGIN))
+    upper, lower = _threshold_bounds(threshold)
     valid = grid.valid.ravel().astype(np.float32)
     inside = grid.valid > 0
     counts = np.zeros((num_queries, 2), np.int64)
