@@ -4,7 +4,10 @@ On the CPU provider the graph runs in stages: the body (backbone to raw logits) 
 then only the heads of the tasks the batch asked for. ONNX Runtime computes every node of a
 session whatever outputs are fetched, and the three heads together cost about half as much as
 the body on a CPU (upsampling 100-150 maps to full resolution); on a GPU they are cheap and one
-fused graph is kept, so nothing leaves the device between stages.
+fused graph is kept, so nothing leaves the device between stages. With ``host_head`` (the
+default), the semantic and panoptic heads run on the host instead
+(``maskserve.service.boundary_head``), from the graph's own 1/4-resolution Softmax, Sigmoid and
+Einsum, upsampling only where a decision can change; their outputs equal the head sessions'.
 
 The module is named ``ort`` so that it never shadows the ``onnxruntime`` package it wraps.
 """
@@ -20,8 +23,9 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
-from maskserve.bundle import INPUTS, RAW_OUTPUTS, TASK_OUTPUTS
+from maskserve.bundle import INPUTS, RAW_OUTPUTS, TASK_OUTPUTS, Task
 from maskserve.errors import first_line
+from maskserve.service import bilinear, boundary_head
 from maskserve.service.backends.base import BackendError
 
 log = logging.getLogger("maskserve")
@@ -93,6 +97,7 @@ class OnnxRuntimeBackend:
         engine_cache: Path | None = None,
         fp16: bool = False,
         staged: bool | None = None,
+        host_head: bool = True,
     ) -> None:
         chain = provider_chain(provider, ort.get_available_providers())
         if PROVIDERS["cuda"] in chain or PROVIDERS["tensorrt"] in chain:
@@ -108,9 +113,11 @@ class OnnxRuntimeBackend:
         self._options.inter_op_num_threads = 1
         self._providers = [(name, _provider_options(name, engine_cache, fp16)) for name in chain]
         self.staged = chain[0] == PROVIDERS["cpu"] if staged is None else staged
+        # The host head replaces head sessions only on the CPU, where the logits are on the host.
+        self._host_low: dict[Task, ort.InferenceSession] = {}
         try:
             if self.staged:
-                self._body, self._heads = self._staged_sessions(model_path)
+                self._body, self._heads = self._staged_sessions(model_path, host_head and chain[0] == PROVIDERS["cpu"])
                 self.session = self._body
             else:
                 self.session = self._session(str(model_path))
@@ -125,11 +132,16 @@ class OnnxRuntimeBackend:
             ", ".join(self.session.get_providers()),
             " (staged: body, then per-task heads)" if self.staged else "",
         )
+        self.host_head = bool(self._host_low)
+        if self.host_head:
+            log.info("semantic and panoptic heads run on the host (boundary head)")
 
     def _session(self, model: str | bytes) -> ort.InferenceSession:
         return ort.InferenceSession(model, sess_options=self._options, providers=self._providers)
 
-    def _staged_sessions(self, model_path: Path) -> tuple[ort.InferenceSession, dict[str, ort.InferenceSession]]:
+    def _staged_sessions(
+        self, model_path: Path, host_head: bool
+    ) -> tuple[ort.InferenceSession, dict[str, ort.InferenceSession]]:
         import onnx
         import onnx.utils
 
@@ -139,6 +151,23 @@ class OnnxRuntimeBackend:
         heads = {
             task: extractor.extract_model([*INPUTS, *RAW_OUTPUTS], list(names)) for task, names in TASK_OUTPUTS.items()
         }
+        low = boundary_head.graph_tensors(heads) if host_head else None
+        if host_head and low is None:
+            log.warning("host head off: this graph's heads are not the ones maskserve.service.boundary_head replicates")
+        elif low is not None:
+            probe, feeds, expected = bilinear.resize_probe()
+            if not np.array_equal(self._session(probe.SerializeToString()).run(None, feeds)[0], expected):
+                log.warning("host head off: this onnxruntime build's Resize rounds differently from boundary_head")
+                low = None
+        if low is not None:
+            # The semantic one also gives the panoptic head's tensors, for a batch that asks for both.
+            self._host_low = {
+                "semantic": self._session(extractor.extract_model(list(RAW_OUTPUTS), list(low)).SerializeToString()),
+                "panoptic": self._session(
+                    extractor.extract_model(list(RAW_OUTPUTS), list(low[:2])).SerializeToString()
+                ),
+            }
+            heads = {task: head for task, head in heads.items() if task not in self._host_low}
         del extractor
         body_session = self._session(body.SerializeToString())
         del body
@@ -175,17 +204,36 @@ class OnnxRuntimeBackend:
         raw = dict(zip(RAW_OUTPUTS, self._body.run(list(RAW_OUTPUTS), body_feeds), strict=True))
         results: dict[str, npt.NDArray[np.generic]] = {name: raw[name] for name in outputs if name in raw}
         available = {**feeds, **raw}
+        host = [task for task in self._host_low if any(name in outputs for name in TASK_OUTPUTS[task])]
+        if host:
+            results.update({k: v for k, v in self._run_host(host, available).items() if k in outputs})
         for task, names in TASK_OUTPUTS.items():
             wanted = [name for name in names if name in outputs]
-            if not wanted:
+            if not wanted or task in self._host_low:
                 continue
             head = self._heads[task]
             head_feeds = {name: available[name] for name in self._inputs_of[task]}
             results.update(zip(wanted, head.run(wanted, head_feeds), strict=True))
         return results
 
+    def _run_host(
+        self, tasks: Sequence[Task], available: Mapping[str, npt.NDArray[np.generic]]
+    ) -> dict[str, npt.NDArray[np.generic]]:
+        session = self._host_low["semantic" if "semantic" in tasks else "panoptic"]
+        low = session.run(None, {name: available[name] for name in RAW_OUTPUTS})
+        canvas = (int(available["pixel_values"].shape[2]), int(available["pixel_values"].shape[3]))
+        sizes = np.asarray(available["image_sizes"])
+        out: dict[str, npt.NDArray[np.generic]] = {}
+        if "semantic" in tasks:
+            out |= boundary_head.semantic_outputs(low[2], sizes, canvas)
+        if "panoptic" in tasks:
+            thresholds = (np.asarray(available["score_threshold"]), np.asarray(available["mask_threshold"]))
+            out |= boundary_head.panoptic_outputs(low[0], low[1], sizes, *thresholds, canvas)
+        return out
+
     def close(self) -> None:
         self.session = None  # type: ignore[assignment]
         if self.staged:
             self._body = None  # type: ignore[assignment]
             self._heads = {}
+            self._host_low = {}
