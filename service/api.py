@@ -190,25 +190,34 @@ async def model_info(server: StateDep) -> ModelResponse:
 _PROBE: dict[str, Any] = {"response_model": HealthResponse, "responses": {503: {"model": ErrorResponse}}}
 
 
-@router.get("/healthz", summary="Liveness: the process answers", **_PROBE)
-@router.get("/v2/health/live", summary="Liveness (the KServe/Triton path)", **_PROBE)
-async def live(server: StateDep) -> JSONResponse:
-    if server.state is State.FAILED:
-        return JSONResponse(error_body("failed", f"model failed to load: {server.failure}"), status_code=503)
-    return JSONResponse({"status": "ok"})
+def not_live(server: ServerState) -> str | None:
+    """Why liveness fails (503), or None. The Open Inference Protocol's ``/v2/health/live`` answers the same."""
+    return f"model failed to load: {server.failure}" if server.state is State.FAILED else None
 
 
-@router.get("/readyz", summary="Readiness: loaded, warmed, not draining", **_PROBE)
-@router.get("/v2/health/ready", summary="Readiness (the KServe/Triton path)", **_PROBE)
-async def ready(server: StateDep) -> JSONResponse:
+def not_ready(server: ServerState) -> str | None:
+    """Why readiness fails (503), or None. The Open Inference Protocol's ``/v2/health/ready`` answers the same."""
     if server.ready:
-        return JSONResponse({"status": "ready"})
-    message = {
+        return None
+    return {
         State.LOADING: "the model is loading",
         State.DRAINING: SHUTTING_DOWN,
         State.FAILED: f"model failed to load: {server.failure}",
     }[server.state]
-    return JSONResponse(error_body(server.state.value, message), status_code=503)
+
+
+@router.get("/healthz", summary="Liveness: the process answers", **_PROBE)
+async def live(server: StateDep) -> JSONResponse:
+    if (problem := not_live(server)) is not None:
+        return JSONResponse(error_body("failed", problem), status_code=503)
+    return JSONResponse({"status": "ok"})
+
+
+@router.get("/readyz", summary="Readiness: loaded, warmed, not draining", **_PROBE)
+async def ready(server: StateDep) -> JSONResponse:
+    if (problem := not_ready(server)) is not None:
+        return JSONResponse(error_body(server.state.value, problem), status_code=503)
+    return JSONResponse({"status": "ready"})
 
 
 @router.get("/metrics", summary="Prometheus metrics", include_in_schema=False)

@@ -14,6 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 import maskserve
 from maskserve.service.api import SEGMENT_PATH, router
 from maskserve.service.errors import install_handlers
+from maskserve.service.inference_protocol import routes as inference_protocol
 from maskserve.service.metrics import Metrics
 from maskserve.service.settings import Settings
 from maskserve.service.state import BackendWrapper, ServerState
@@ -46,8 +47,9 @@ def create_app(settings: Settings, wrap_backend: BackendWrapper | None = None) -
         lifespan=lifespan,
     )
     app.state.server = server
-    install_handlers(app, server.metrics)
+    install_handlers(app, server.metrics, shapes={inference_protocol.PREFIX: inference_protocol.error_body})
     app.include_router(router)
+    app.include_router(inference_protocol.router)
     app.add_middleware(RequestTiming, metrics=server.metrics)
     return app
 

@@ -1,23 +1,33 @@
 """One segment request, stage by stage, on the ``Segmenter``'s request path: prepare in the worker
 pool, wait for a batch (the batcher calls ``Segmenter.forward``), post-process and render in the
-pool. Returns the JSON body."""
+pool. Returns the JSON body (``segment``), or that with the ``Result`` (``answer``: for protocols
+that need more than the body). A request of N images runs N of these at once: N jobs, which
+may share batches with each other and with other requests."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from maskserve.service.batcher import Batcher, Job, JobResult
 from maskserve.service.errors import DeadlineExceeded
 from maskserve.service.postprocess import TaskParams
 from maskserve.service.response import render_json
+from maskserve.service.result import Result
 from maskserve.service.state import Serving
 
 
 class ClientGone(Exception):
     """The client disconnected while its request waited; nothing will be sent."""
+
+
+@dataclass(frozen=True)
+class Answer:
+    result: Result
+    body: bytes  # the /v1/segment JSON body
 
 
 async def segment(
@@ -29,6 +39,17 @@ async def segment(
 ) -> bytes:
     """Run one request end to end. ``arrival`` is its ``time.monotonic()`` start;
     ``client_gone()`` returns an awaitable that completes if the client disconnects."""
+    return (await answer(serving, data, params, arrival, client_gone)).body
+
+
+async def answer(
+    serving: Serving,
+    data: bytes,
+    params: TaskParams,
+    arrival: float,
+    client_gone: Callable[[], Awaitable[Any]],
+) -> Answer:
+    """``segment``, returning the ``Result`` with the body."""
     loop = asyncio.get_running_loop()
     segmenter, metrics, pool = serving.segmenter, serving.metrics, serving.pool
     timeout_s = serving.settings.request_timeout_s
@@ -50,7 +71,7 @@ async def segment(
         metrics.stage_duration.labels(stage).observe(seconds)
     metrics.segments_per_image.observe(len(result.segments))
     metrics.response_bytes.observe(len(body))
-    return body
+    return Answer(result, body)
 
 
 async def _wait(batcher: Batcher, job: Job, client_gone: Callable[[], Awaitable[Any]], timeout_s: float) -> JobResult:

@@ -75,6 +75,13 @@ class Settings(BaseSettings):
         description="Native TensorRT backend: record each (batch, canvas) launch as a CUDA graph and replay it, "
         "saving CPU launch overhead on small models. Costs GPU memory per shape.",
     )
+    model_name: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$",
+        max_length=253,
+        description="The model's name in the Open Inference Protocol routes (`/v2/models/<name>/infer`). Default: "
+        "the bundle's name. KServe routes by the InferenceService's name, so its runtime sets this to it.",
+    )
     panoptic_rule: Literal["paper", "transformers"] = Field(
         "paper",
         description="Panoptic merging rule. `paper` follows the MaskFormer reference implementation; "

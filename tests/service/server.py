@@ -86,7 +86,12 @@ def running_server(
     port = free_port()
     settings = Settings(bundle=bundle, host="127.0.0.1", port=port, **overrides)  # type: ignore[arg-type]
     app = create_app(settings, wrap_backend=wrap_backend)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    # The image's HTTP stack (plain uvicorn: h11 on asyncio), also where the test-protocols extra's
+    # kserve brings uvloop and httptools, which uvicorn would otherwise pick.
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", loop="asyncio", http="h11"
+    )
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     base_url = f"http://127.0.0.1:{port}"
