@@ -15,6 +15,7 @@ import maskserve
 from maskserve.service.api import SEGMENT_PATH, router
 from maskserve.service.errors import install_handlers
 from maskserve.service.inference_protocol import routes as inference_protocol
+from maskserve.service.labelstudio import routes as labelstudio
 from maskserve.service.metrics import Metrics
 from maskserve.service.settings import Settings
 from maskserve.service.state import BackendWrapper, ServerState
@@ -50,6 +51,7 @@ def create_app(settings: Settings, wrap_backend: BackendWrapper | None = None) -
     install_handlers(app, server.metrics, shapes={inference_protocol.PREFIX: inference_protocol.error_body})
     app.include_router(router)
     app.include_router(inference_protocol.router)
+    app.include_router(labelstudio.create_router())
     app.add_middleware(RequestTiming, metrics=server.metrics)
     return app
 
