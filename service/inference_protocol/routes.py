@@ -130,7 +130,10 @@ async def infer(name: str, request: Request, server: StateDep, version: str | No
             raise InvalidRequest(
                 f"{len(parsed.images)} images in one request; the queue holds {serving.settings.max_queue}"
             )
-        answers = await answer_all(serving, parsed.images, params, arrival, request)
+        try:
+            answers = await answer_all(serving, parsed.images, params, arrival, request)
+        except pipeline.ClientGone:
+            return Response(status_code=499)  # nginx's "client closed request"; nobody reads it
         content, headers = await loop.run_in_executor(serving.pool, _response, name, parsed, answers)
     return Response(content, headers=headers)
 
