@@ -12,6 +12,7 @@ import os
 import re
 import shlex
 import shutil
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -24,6 +25,7 @@ import tritonclient.http as triton
 from pycocotools import mask as coco_mask
 from tritonclient.utils import InferenceServerException
 
+from maskserve.service.inference_protocol.messages import join_bytes
 from maskserve.service.state import ServerState, State
 from tests.service import images
 from tests.service.server import HeldBackend, metric, running_server
@@ -298,3 +300,49 @@ def test_readme_tritonclient_example_runs(server: tuple[str, ServerState]) -> No
         os.chdir(previous)
     assert namespace["first"]["task"] == "semantic"  # type: ignore[index]
     assert namespace["label_map"].shape == (2, 256, 256)  # type: ignore[attr-defined]
+
+
+def test_a_client_that_leaves_takes_its_images_out_of_the_queue(demo_bundle_dir: Path) -> None:
+    """A 3-image request queued behind a held batch, whose client disconnects: none of its images
+    run, and it is counted as 499, as /v1/segment's are."""
+    held = HeldBackend()
+    data = images.png(120, 150)
+    tail = join_bytes([data] * 3)
+    header = json.dumps(
+        {
+            "inputs": [
+                {"name": "IMAGE", "datatype": "BYTES", "shape": [3], "parameters": {"binary_data_size": len(tail)}}
+            ]
+        }
+    ).encode()
+    with running_server(demo_bundle_dir, wrap_backend=held.wrap, max_delay_ms=0) as (url, state):
+        port = int(url.rsplit(":", 1)[1])
+
+        async def scenario() -> httpx.Response:
+            async with httpx.AsyncClient(base_url=url, timeout=60) as http:
+                held.hold()
+                first = asyncio.create_task(http.post("/v1/segment", files={"image": ("a.png", data)}))
+                assert await asyncio.to_thread(held.held.wait, 60), "the first request never reached the model"
+                with socket.create_connection(("127.0.0.1", port)) as raw:
+                    lengths = (
+                        f"Inference-Header-Content-Length: {len(header)}\r\nContent-Length: {len(header) + len(tail)}"
+                    )
+                    raw.sendall(b"POST /v2/models/shapes/infer HTTP/1.1\r\nHost: x\r\n" + lengths.encode())
+                    raw.sendall(b"\r\n\r\n" + header + tail)
+                    for _ in range(1200):  # until its three images are queued
+                        if state.batcher is not None and state.batcher.depth == 3:
+                            break
+                        await asyncio.sleep(0.05)
+                    assert state.batcher is not None and state.batcher.depth == 3
+                gone = 'status="499",task="panoptic"'
+                for _ in range(1200):  # until the server has seen the client leave
+                    if metric(url, "maskserve_request_duration_seconds_count", gone) == 1:
+                        break
+                    await asyncio.sleep(0.05)
+                assert metric(url, "maskserve_request_duration_seconds_count", gone) == 1
+                assert state.batcher.depth == 0
+                held.release()
+                return await first
+
+        assert asyncio.run(scenario()).status_code == 200
+        assert metric(url, "maskserve_inferences_total") == 1 and held.calls == 1
