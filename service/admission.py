@@ -17,16 +17,17 @@ from urllib.parse import parse_qs
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from maskserve.bundle import TASKS
-from maskserve.service.errors import classify
+from maskserve.service.errors import ErrorShapes, classify
 from maskserve.service.protocol_guard import send_error
 from maskserve.service.state import ServerState
 
 
 class AdmissionGate:
-    def __init__(self, app: ASGIApp, server: ServerState, paths: Sequence[str]) -> None:
+    def __init__(self, app: ASGIApp, server: ServerState, paths: Sequence[str], shapes: ErrorShapes) -> None:
         self.app = app
         self.server = server
         self.paths = tuple(paths)
+        self.shapes = shapes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST" and scope["path"].startswith(self.paths):
@@ -36,7 +37,8 @@ class AdmissionGate:
                 status, error_type, reason = classify(refusal)
                 if reason is not None:
                     self.server.metrics.rejected.labels(reason).inc()
-                await send_error(send, status, error_type, refusal.message, refusal.headers)
+                body = self.shapes.body(scope["path"], error_type, refusal.message)
+                await send_error(send, status, body, refusal.headers)
                 return
         await self.app(scope, receive, send)
 

@@ -10,7 +10,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from maskserve.bundle import Task
 from maskserve.service import pipeline, uploads
-from maskserve.service.errors import ERROR_TABLE, InvalidRequest, error_body
+from maskserve.service.errors import InvalidRequest, error_body
+from maskserve.service.openapi import error_responses
 from maskserve.service.schemas import ErrorResponse, HealthResponse, LabelOut, ModelResponse, SegmentResponse
 from maskserve.service.state import SHUTTING_DOWN, ServerState, State
 
@@ -27,19 +28,7 @@ def get_state(request: Request) -> ServerState:
 StateDep = Annotated[ServerState, Depends(get_state)]
 
 
-def _error_responses() -> dict[int | str, dict[str, Any]]:
-    """OpenAPI responses from the error table: one entry per status, naming every error type
-    that answers with it."""
-    types: dict[int, list[str]] = {}
-    for status, error_type, _ in ERROR_TABLE.values():
-        types.setdefault(status, []).append(error_type)
-    return {
-        status: {"model": ErrorResponse, "description": "error.type: " + ", ".join(f"`{t}`" for t in names)}
-        for status, names in sorted(types.items())
-    }
-
-
-_ERRORS = _error_responses()
+_ERRORS = error_responses(ErrorResponse)
 _BODY = {
     "requestBody": {
         "required": True,
@@ -135,25 +124,34 @@ async def model_info(server: StateDep) -> ModelResponse:
 _PROBE: dict[str, Any] = {"response_model": HealthResponse, "responses": {503: {"model": ErrorResponse}}}
 
 
-@router.get("/healthz", summary="Liveness: the process answers", **_PROBE)
-@router.get("/v2/health/live", summary="Liveness (the KServe/Triton path)", **_PROBE)
-async def live(server: StateDep) -> JSONResponse:
-    if server.state is State.FAILED:
-        return JSONResponse(error_body("failed", f"model failed to load: {server.failure}"), status_code=503)
-    return JSONResponse({"status": "ok"})
+def not_live(server: ServerState) -> str | None:
+    """Why liveness fails (503), or None. The Open Inference Protocol's ``/v2/health/live`` answers the same."""
+    return f"model failed to load: {server.failure}" if server.state is State.FAILED else None
 
 
-@router.get("/readyz", summary="Readiness: loaded, warmed, not draining", **_PROBE)
-@router.get("/v2/health/ready", summary="Readiness (the KServe/Triton path)", **_PROBE)
-async def ready(server: StateDep) -> JSONResponse:
+def not_ready(server: ServerState) -> str | None:
+    """Why readiness fails (503), or None. The Open Inference Protocol's ``/v2/health/ready`` answers the same."""
     if server.ready:
-        return JSONResponse({"status": "ready"})
-    message = {
+        return None
+    return {
         State.LOADING: "the model is loading",
         State.DRAINING: SHUTTING_DOWN,
         State.FAILED: f"model failed to load: {server.failure}",
     }[server.state]
-    return JSONResponse(error_body(server.state.value, message), status_code=503)
+
+
+@router.get("/healthz", summary="Liveness: the process answers", **_PROBE)
+async def live(server: StateDep) -> JSONResponse:
+    if (problem := not_live(server)) is not None:
+        return JSONResponse(error_body("failed", problem), status_code=503)
+    return JSONResponse({"status": "ok"})
+
+
+@router.get("/readyz", summary="Readiness: loaded, warmed, not draining", **_PROBE)
+async def ready(server: StateDep) -> JSONResponse:
+    if (problem := not_ready(server)) is not None:
+        return JSONResponse(error_body(server.state.value, problem), status_code=503)
+    return JSONResponse({"status": "ready"})
 
 
 @router.get("/metrics", summary="Prometheus metrics", include_in_schema=False)

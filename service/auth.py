@@ -2,20 +2,24 @@
 probes needs ``Authorization: Bearer <key>``.
 
 The key is compared in constant time (``hmac.compare_digest``), so response timing tells an
-attacker nothing about how much of a guess was right. A refusal is 401 with the JSON error body
-and ``WWW-Authenticate: Bearer`` (RFC 6750 section 3). Liveness and readiness stay open because
-kubelets and load balancers probe without credentials; ``/metrics`` stays open only with
-``MASKSERVE_METRICS_WITHOUT_KEY``.
+attacker nothing about how much of a guess was right. HTTP Basic with the key as the password
+(any user name) is taken too: it is the only scheme Label Studio's ML-backend connection sends.
+A refusal is 401 with the JSON error body and ``WWW-Authenticate: Bearer`` (RFC 6750 section 3).
+Liveness and readiness stay open because kubelets and load balancers probe without credentials;
+``/metrics`` stays open only with ``MASKSERVE_METRICS_WITHOUT_KEY``.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hmac
 from collections.abc import Collection
 
 from pydantic import SecretStr
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from maskserve.service.errors import ErrorShapes
 from maskserve.service.metrics import Metrics
 from maskserve.service.protocol_guard import send_error
 
@@ -23,17 +27,20 @@ PROBES = ("/healthz", "/readyz", "/v2/health/live", "/v2/health/ready")
 
 
 class ApiKeyGuard:
-    def __init__(self, app: ASGIApp, key: SecretStr | None, public: Collection[str], metrics: Metrics) -> None:
+    def __init__(
+        self, app: ASGIApp, key: SecretStr | None, public: Collection[str], metrics: Metrics, shapes: ErrorShapes
+    ) -> None:
         self.app = app
         self.key = key.get_secret_value().encode() if key is not None else None
         self.public = frozenset(public)
         self.metrics = metrics
+        self.shapes = shapes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.key is None or scope["type"] != "http" or scope["path"] in self.public:
             await self.app(scope, receive, send)
             return
-        given = _bearer(scope)
+        given = _credential(scope)
         if given is not None and hmac.compare_digest(given, self.key):
             await self.app(scope, receive, send)
             return
@@ -42,14 +49,23 @@ class ApiKeyGuard:
         if given is not None:
             message = "the API key is not valid"
         challenge = 'Bearer realm="maskserve"' + ("" if given is None else ', error="invalid_token"')
-        await send_error(send, 401, "unauthorized", message, {"WWW-Authenticate": challenge})
+        body = self.shapes.body(scope["path"], "unauthorized", message)
+        await send_error(send, 401, body, {"WWW-Authenticate": challenge})
 
 
-def _bearer(scope: Scope) -> bytes | None:
+def _credential(scope: Scope) -> bytes | None:
+    """The key the request offers: a Bearer token, or a Basic password; b"" for anything else."""
     for name, value in scope["headers"]:
         if name == b"authorization":
-            scheme, _, token = value.partition(b" ")
-            return token.strip() if scheme.lower() == b"bearer" else b""
+            scheme, _, token = bytes(value).partition(b" ")
+            if scheme.lower() == b"bearer":
+                return token.strip()
+            if scheme.lower() == b"basic":
+                try:
+                    return base64.b64decode(token.strip(), validate=True).partition(b":")[2]
+                except binascii.Error:
+                    return b""
+            return b""
     return None
 
 

@@ -10,16 +10,37 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import FastAPI
+from pydantic import BaseModel
 
 from maskserve.bundle import Manifest
+from maskserve.service.errors import ERROR_TABLE
 
 
-def install(app: FastAPI, manifest: Manifest, segment_path: str) -> None:
-    """Make ``app.openapi()`` return the schema with the bundle's label ids and tasks."""
+def error_responses(model: type[BaseModel]) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI responses from the error table: one entry per status, naming every error type
+    that answers with it, with ``model`` as the body (the v1 shape, or a protocol's own)."""
+    types: dict[int, list[str]] = {}
+    for status, error_type, _ in ERROR_TABLE.values():
+        types.setdefault(status, []).append(error_type)
+    return {
+        status: {"model": model, "description": "error.type: " + ", ".join(f"`{t}`" for t in names)}
+        for status, names in sorted(types.items())
+    }
+
+
+def install(app: FastAPI, manifest: Manifest, segment_path: str, model_name: str, model_version: str) -> None:
+    """Make ``app.openapi()`` return the schema with the bundle's label ids and tasks, and the
+    served model's name and version in the Open Inference Protocol's path parameters."""
     build = app.openapi
 
     def openapi() -> dict[str, Any]:
         schema = build()  # FastAPI caches it: patching is idempotent
+        for path, item in schema["paths"].items():
+            for operation in item.values() if path.startswith("/v2/models/") else ():
+                for parameter in operation.get("parameters", []):
+                    if parameter["in"] == "path" and parameter["name"] in ("name", "version"):
+                        value = model_name if parameter["name"] == "name" else model_version
+                        parameter["schema"] = {"type": "string", "enum": [value]}
         operation = schema["paths"][segment_path]["post"]
         for parameter in operation["parameters"]:
             if parameter["name"] == "label_ids":

@@ -1,19 +1,25 @@
-"""One segment request, stage by stage, on the ``Segmenter``'s request path: decode in the worker
+"""One image of a request, stage by stage, on the ``Segmenter``'s request path: decode in the worker
 pool, wait for a batch (the batcher calls ``Segmenter.forward``), post-process and render in the
 pool, ahead of any decoding. The request's deadline covers every stage: past it the request gets
-504 wherever it is, and work it has not started yet is dropped."""
+504 wherever it is, and work it has not started yet is dropped.
+
+``segment`` returns the JSON body; ``answer`` the ``Result`` with it, for protocols that need
+more. A request of N images runs N of these at once: N jobs, which may share batches with each
+other and with other requests."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from maskserve.service.batcher import Batcher, Job, JobResult
 from maskserve.service.errors import DeadlineExceeded
 from maskserve.service.postprocess import TaskParams
 from maskserve.service.response import render_json
+from maskserve.service.result import Result
 from maskserve.service.state import Serving
 from maskserve.service.uploads import ClientGone
 from maskserve.service.workers import FINISH, START
@@ -36,6 +42,12 @@ class Upload:
         return data
 
 
+@dataclass(frozen=True)
+class Answer:
+    result: Result
+    body: bytes  # the /v1/segment JSON body
+
+
 async def segment(
     serving: Serving,
     upload: Upload,
@@ -45,6 +57,17 @@ async def segment(
 ) -> bytes:
     """Run one request end to end and return its JSON body. ``deadline`` is in
     ``time.monotonic()`` seconds; ``client_gone()`` completes if the client disconnects."""
+    return (await answer(serving, upload, params, deadline, client_gone)).body
+
+
+async def answer(
+    serving: Serving,
+    upload: Upload,
+    params: TaskParams,
+    deadline: float,
+    client_gone: Callable[[], Awaitable[Any]],
+) -> Answer:
+    """``segment``, returning the ``Result`` with the body."""
     try:
         async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
             return await _stages(serving, upload, params, deadline, client_gone)
@@ -60,7 +83,7 @@ async def _stages(
     params: TaskParams,
     deadline: float,
     client_gone: Callable[[], Awaitable[Any]],
-) -> bytes:
+) -> Answer:
     segmenter, metrics, pool, guard = serving.segmenter, serving.metrics, serving.pool, serving.guard
     arrival = deadline - serving.settings.request_timeout_s
 
@@ -82,7 +105,7 @@ async def _stages(
         metrics.stage_duration.labels(stage).observe(seconds)
     metrics.segments_per_image.observe(len(result.segments))
     metrics.response_bytes.observe(len(body))
-    return body
+    return Answer(result, body)
 
 
 async def _wait(batcher: Batcher, job: Job, client_gone: Callable[[], Awaitable[Any]]) -> JobResult:

@@ -15,14 +15,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from maskserve.service.errors import ErrorShapes
 from maskserve.service.http_protocol import OVER_LIMIT
 
 
-async def send_error(send: Send, status: int, error_type: str, message: str, headers: dict[str, str]) -> None:
-    body = json.dumps({"error": {"type": error_type, "message": message}}).encode()
+async def send_error(send: Send, status: int, body_json: dict[str, Any], headers: dict[str, str]) -> None:
+    """A complete JSON error response from an ASGI layer (``ErrorShapes.body`` gives the body)."""
+    body = json.dumps(body_json).encode()
     raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     raw += [(key.lower().encode(), value.encode()) for key, value in headers.items()]
     await send({"type": "http.response.start", "status": status, "headers": raw})
@@ -30,21 +33,23 @@ async def send_error(send: Send, status: int, error_type: str, message: str, hea
 
 
 class ProtocolGuard:
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, shapes: ErrorShapes) -> None:
         self.app = app
+        self.shapes = shapes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        path = scope["path"]
         if scope.get("state", {}).get(OVER_LIMIT):
-            message = "too many open connections; retry on a new one later"
-            await send_error(send, 503, "overloaded", message, {"Retry-After": "1", "Connection": "close"})
+            body = self.shapes.body(path, "overloaded", "too many open connections; retry on a new one later")
+            await send_error(send, 503, body, {"Retry-After": "1", "Connection": "close"})
             return
         names = {name for name, _ in scope["headers"]}
         if b"content-length" in names and b"transfer-encoding" in names:
             message = "a request may not have both Content-Length and Transfer-Encoding (RFC 9112 section 6.3)"
-            await send_error(send, 400, "bad_request", message, {"Connection": "close"})
+            await send_error(send, 400, self.shapes.body(path, "bad_request", message), {"Connection": "close"})
             return
         started = False
 
@@ -58,6 +63,6 @@ class ProtocolGuard:
             await self.app(scope, receive, tracked)
         except asyncio.CancelledError:
             if not started:
-                message = "the server shut down before this request finished"
-                await send_error(send, 503, "draining", message, {"Retry-After": "1", "Connection": "close"})
+                body = self.shapes.body(path, "draining", "the server shut down before this request finished")
+                await send_error(send, 503, body, {"Retry-After": "1", "Connection": "close"})
             raise

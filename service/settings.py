@@ -7,10 +7,11 @@ and passed to ``create_app``; nothing is read at import time.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BeforeValidator, Field, SecretStr, model_validator
+from pydantic import AliasChoices, AnyHttpUrl, BeforeValidator, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from maskserve.bundle import DEFAULT_BUNDLE, Canvas
@@ -30,6 +31,23 @@ def _canvas_list(value: object) -> object:
             raise ValueError("canvases must not be empty")
     if isinstance(value, list | tuple):
         return [Canvas.parse(item) if isinstance(item, str) else item for item in value]
+    return value
+
+
+_HOST_ENTRY = re.compile(r"^(?:[a-z0-9_]([a-z0-9_.-]*[a-z0-9_])?|\[[0-9a-f:.]+\])(?::[0-9]{1,5})?$")
+
+
+def _host_list(value: object) -> object:
+    """``"ls.example.com, files.example.com:9000"`` (the env var form) to lower-case ``host`` or
+    ``host:port`` entries; a URL, a path or credentials are refused, not guessed at."""
+    if isinstance(value, str):
+        value = value.split(",")
+    if isinstance(value, list | tuple):
+        entries = [str(part).strip().lower() for part in value if str(part).strip()]
+        for entry in entries:
+            if not _HOST_ENTRY.match(entry):
+                raise ValueError(f"{entry!r} is not a host name or host:port (no scheme, path or user)")
+        return entries
     return value
 
 
@@ -74,6 +92,13 @@ class Settings(BaseSettings):
         False,
         description="Native TensorRT backend: record each (batch, canvas) launch as a CUDA graph and replay it, "
         "saving CPU launch overhead on small models. Costs GPU memory per shape.",
+    )
+    model_name: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$",
+        max_length=253,
+        description="The model's name in the Open Inference Protocol routes (`/v2/models/<name>/infer`). Default: "
+        "the bundle's name. KServe routes by the InferenceService's name, so its runtime sets this to it.",
     )
     panoptic_rule: Literal["paper", "transformers"] = Field(
         "paper",
@@ -191,6 +216,39 @@ class Settings(BaseSettings):
         False,
         description="Serve /metrics without the API key, for a Prometheus that scrapes from inside the "
         "cluster without credentials.",
+    )
+
+    # --- Label Studio ML backend (/labelstudio/) ----------------------------------------------
+    labelstudio_allowed_hosts: Annotated[list[str], NoDecode, BeforeValidator(_host_list)] = Field(
+        default_factory=list,
+        description="Hosts (`name` for any port, or `name:port`) whose http(s) image URLs the Label Studio backend "
+        "may fetch, comma-separated; the `LABEL_STUDIO_URL` host is always allowed. Anything else is refused: an "
+        "open fetcher lets any caller make this server request internal addresses. Data URLs need no host.",
+    )
+    labelstudio_url: AnyHttpUrl | None = Field(
+        None,
+        validation_alias=AliasChoices("labelstudio_url", "MASKSERVE_LABELSTUDIO_URL", "LABEL_STUDIO_URL"),
+        description="Label Studio's base URL (also read from `LABEL_STUDIO_URL`, as Label Studio's own ML backends "
+        "do). Tasks whose image is an upload (`/data/upload/...`) or a cloud-storage URI are fetched from it.",
+    )
+    labelstudio_api_key: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices("labelstudio_api_key", "MASKSERVE_LABELSTUDIO_API_KEY", "LABEL_STUDIO_API_KEY"),
+        description="Label Studio access token (also read from `LABEL_STUDIO_API_KEY`): a legacy token or a "
+        "personal access token. Sent only to the `LABEL_STUDIO_URL` host.",
+    )
+    labelstudio_format: Literal["polygon", "brush"] = Field(
+        "polygon",
+        description="What Label Studio predictions use when the labeling config has both a PolygonLabels and a "
+        "BrushLabels tag: polygons (editable vertices) or brush masks (exact, holes included). A config with "
+        "only one of them gets that one.",
+    )
+    labelstudio_fetch_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=600,
+        description="Time limit for fetching one task's image, redirects included; the image may be at most "
+        "`MASKSERVE_MAX_BODY_BYTES`. A task whose image cannot be fetched gets an empty prediction.",
     )
 
     # --- server ------------------------------------------------------------------------------

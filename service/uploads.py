@@ -47,6 +47,13 @@ def declared_length(request: Request) -> int | None:
     return int(value) if value.isdigit() else None
 
 
+def check_length(request: Request, limit: int) -> None:
+    """Refuse a declared length over the limit (413) before anything is read."""
+    declared = declared_length(request)
+    if declared is not None and declared > limit:
+        raise PayloadTooLarge(f"the body is {declared} bytes; the limit is {limit}", headers={"Connection": "close"})
+
+
 def check_before_reading(request: Request, limit: int) -> str:
     """What kind of body this is (``multipart`` or ``raw``), refusing a content type the server
     does not take (415) or a declared length over the limit (413) before anything is read."""
@@ -61,9 +68,7 @@ def check_before_reading(request: Request, limit: int) -> str:
             f"content type {shown} is not accepted: send multipart/form-data with field '{IMAGE_FIELD}', "
             "or the raw image with Content-Type image/*"
         )
-    declared = declared_length(request)
-    if declared is not None and declared > limit:
-        raise PayloadTooLarge(f"the body is {declared} bytes; the limit is {limit}", headers={"Connection": "close"})
+    check_length(request, limit)
     return kind
 
 
@@ -76,6 +81,18 @@ async def read_image(
     guard: Guard,
 ) -> bytes:
     """The image bytes of the body (the multipart field ``image``, or the raw body).
+
+    Raises what ``read_body`` raises, and 400/422 for a body without image data.
+    """
+    body = await read_body(request, limit, timeout_s, deadline, guard)
+    data = await _multipart_image(request, body) if kind == "multipart" else body
+    if not data:
+        raise EmptyBody("the request has no image data")
+    return data
+
+
+async def read_body(request: Request, limit: int, timeout_s: float, deadline: float, guard: Guard) -> bytes:
+    """The whole body, whatever its content type, within ``limit`` bytes (413).
 
     Raises 408 when the body takes longer than ``timeout_s``, 504 past the request's ``deadline``
     (``time.monotonic()``), ``ClientGone`` when the client leaves, and whatever ``guard`` raises
@@ -94,10 +111,7 @@ async def read_image(
     except ClientDisconnect:
         log.info("client %s left during its upload", _client(request))
         raise ClientGone() from None
-    data = await _multipart_image(request, body) if kind == "multipart" else body
-    if not data:
-        raise EmptyBody("the request has no image data")
-    return data
+    return body
 
 
 async def disconnected(request: Request) -> None:

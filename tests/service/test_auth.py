@@ -71,3 +71,18 @@ def test_the_key_comes_from_a_file(tmp_path: Path) -> None:
 def test_key_settings_are_validated(tmp_path: Path, overrides: dict, needle: str) -> None:
     with pytest.raises(ValidationError, match=needle):
         Settings(bundle=DEFAULT_BUNDLE, **overrides)
+
+
+def test_protocol_shapes_and_basic_auth() -> None:
+    """Under /v2 the refusal has the Open Inference Protocol's error body (tritonclient reads a
+    string); HTTP Basic with the key as password passes (Label Studio's ML-backend auth)."""
+    import base64
+
+    with running_server(DEFAULT_BUNDLE, api_key=KEY) as (url, _), httpx.Client(base_url=url, timeout=60) as client:
+        v2 = client.get("/v2/models/shapes")
+        assert v2.status_code == 401 and isinstance(v2.json()["error"], str)
+        basic = base64.b64encode(f"labelstudio:{KEY}".encode()).decode()
+        assert client.get("/labelstudio/health", headers={"Authorization": f"Basic {basic}"}).status_code == 200
+        wrong = base64.b64encode(b"labelstudio:nope").decode()
+        assert client.get("/labelstudio/health", headers={"Authorization": f"Basic {wrong}"}).status_code == 401
+        assert client.get("/v2/health/ready").status_code == 200
