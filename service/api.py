@@ -21,6 +21,7 @@ from maskserve.service.errors import (
     UnsupportedMediaType,
     error_body,
 )
+from maskserve.service.formats import OutputFormat, Rendering, negotiate
 from maskserve.service.schemas import ErrorResponse, HealthResponse, LabelOut, ModelResponse, SegmentResponse
 from maskserve.service.state import SHUTTING_DOWN, ServerState, State
 
@@ -86,19 +87,22 @@ async def segment(
     overlap_threshold: Annotated[float | None, Query(ge=0, le=1, description="panoptic overlap test")] = None,
     label_ids: Annotated[list[str] | None, Query(description="only these label ids (repeat or comma-separate)")] = None,
     min_area: Annotated[int, Query(ge=0, description="drop segments smaller than this many pixels")] = 0,
+    format: Annotated[OutputFormat | None, Query(description="output format; default: from Accept, else json")] = None,
 ) -> Response:
     request.state.task = task or server.bundle.manifest.default_task  # the request-duration metric's label
     arrival = request.state.arrival
+    output = negotiate(format, request.headers.get("accept"))
     async with server.admit() as serving:
         params = serving.segmenter.params(
             task, threshold, mask_threshold, overlap_threshold, _label_ids(label_ids), min_area
         )
         data = await _image_bytes(request, serving.settings.max_body_bytes)
+        render = Rendering(output, serving.segmenter.manifest, data, serving.settings.max_image_pixels)
         try:
-            body = await pipeline.segment(serving, data, params, arrival, lambda: _disconnected(request))
+            body = await pipeline.segment(serving, data, params, arrival, lambda: _disconnected(request), render)
         except pipeline.ClientGone:
             return Response(status_code=499)  # nginx's "client closed request"; nobody reads it
-    return Response(body, media_type="application/json")
+    return Response(body, media_type=render.media_type, headers=render.headers)
 
 
 def _label_ids(values: list[str] | None) -> list[int] | None:

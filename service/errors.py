@@ -52,6 +52,10 @@ class InvalidRequest(ServiceError):
     """Well-formed HTTP, but a field or parameter is missing or out of range."""
 
 
+class NotAcceptable(ServiceError):
+    """The ``Accept`` header names no output format the server writes."""
+
+
 class QueueFull(ServiceError):
     """Overloaded: the batch queue is full. Comes with Retry-After."""
 
@@ -78,6 +82,7 @@ ERROR_TABLE: dict[type[ServiceError], tuple[int, str, str | None]] = {
     InvalidImage: (400, "invalid_image", "bad_image"),
     InvalidRequest: (422, "invalid_request", "payload"),
     UnsupportedMediaType: (415, "unsupported_media_type", "payload"),
+    NotAcceptable: (406, "not_acceptable", "payload"),
     PayloadTooLarge: (413, "payload_too_large", "payload"),
     ImageTooLarge: (413, "image_too_large", "bad_image"),
     QueueFull: (503, "overloaded", "queue_full"),

@@ -5,6 +5,7 @@ pool. Returns the JSON body."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -13,7 +14,11 @@ from maskserve.service.batcher import Batcher, Job, JobResult
 from maskserve.service.errors import DeadlineExceeded
 from maskserve.service.postprocess import TaskParams
 from maskserve.service.response import render_json
+from maskserve.service.result import Result
 from maskserve.service.state import Serving
+
+# (result, timing per stage, seconds since arrival) -> the response body
+Render = Callable[[Result, dict[str, float], float], bytes]
 
 
 class ClientGone(Exception):
@@ -26,9 +31,11 @@ async def segment(
     params: TaskParams,
     arrival: float,
     client_gone: Callable[[], Awaitable[Any]],
+    render: Render | None = None,
 ) -> bytes:
     """Run one request end to end. ``arrival`` is its ``time.monotonic()`` start;
-    ``client_gone()`` returns an awaitable that completes if the client disconnects."""
+    ``client_gone()`` returns an awaitable that completes if the client disconnects;
+    ``render`` writes the body (default: the JSON with COCO RLE)."""
     loop = asyncio.get_running_loop()
     segmenter, metrics, pool = serving.segmenter, serving.metrics, serving.pool
     timeout_s = serving.settings.request_timeout_s
@@ -43,9 +50,8 @@ async def segment(
     result = await loop.run_in_executor(pool, segmenter.postprocess, waited.outputs, prepared, params, waited.inference)
     timing = {**result.timing, "queue_wait": waited.queue_wait}
     started = time.perf_counter()
-    body = await loop.run_in_executor(
-        pool, render_json, segmenter.manifest.name, result, timing, time.monotonic() - arrival
-    )
+    render = render or functools.partial(render_json, segmenter.manifest.name)
+    body = await loop.run_in_executor(pool, render, result, timing, time.monotonic() - arrival)
     for stage, seconds in (*timing.items(), ("encode", time.perf_counter() - started)):
         metrics.stage_duration.labels(stage).observe(seconds)
     metrics.segments_per_image.observe(len(result.segments))
