@@ -15,6 +15,7 @@ import maskserve
 from maskserve.service.api import SEGMENT_PATH, router
 from maskserve.service.errors import install_handlers
 from maskserve.service.metrics import Metrics
+from maskserve.service.page.routes import router as page_router
 from maskserve.service.settings import Settings
 from maskserve.service.state import BackendWrapper, ServerState
 
@@ -48,6 +49,7 @@ def create_app(settings: Settings, wrap_backend: BackendWrapper | None = None) -
     app.state.server = server
     install_handlers(app, server.metrics)
     app.include_router(router)
+    app.include_router(page_router)
     app.add_middleware(RequestTiming, metrics=server.metrics)
     return app
 
