@@ -22,6 +22,11 @@ from maskserve.service.rle import decode_counts
 IntArray = npt.NDArray[np.int64]
 
 
+def id_dtype(count: int) -> type[np.unsignedinteger[Any]]:
+    """The smallest unsigned type for segment ids 0..count (uint8 up to 255 segments)."""
+    return np.uint8 if count <= 0xFF else np.uint16 if count <= 0xFFFF else np.uint32
+
+
 def rle_runs(rle: dict[str, object]) -> tuple[IntArray, IntArray]:
     """The on-runs of a COCO RLE mask as column-major ``(starts, lengths)``."""
     counts = rle["counts"]

@@ -207,14 +207,12 @@ def _in_process(args: argparse.Namespace, fmt: Any, picture: Any) -> tuple[Segme
     return segment, segmenter.close
 
 
-def _remote(args: argparse.Namespace, fmt: Any, picture: Any) -> tuple[Segment, Callable[[], None]]:
-    import numpy as np
-
+def _remote(args: argparse.Namespace, fmt: Any, drawing: Any) -> tuple[Segment, Callable[[], None]]:
     from maskserve.service.client import SegmentClient
     from maskserve.service.decode import DEFAULT_MAX_IMAGE_PIXELS, open_image, to_rgb
     from maskserve.service.formats.decode import decode_answer
     from maskserve.service.formats.multipart import Part
-    from maskserve.service.overlay import PictureKind, draw_overlay, encode_picture
+    from maskserve.service.overlay import PictureKind, encode_picture, picture
 
     chosen = _params(args)
     params = {k: str(v) for k, v in chosen.items() if v is not None and k not in ("label_ids", "min_area")}
@@ -227,11 +225,11 @@ def _remote(args: argparse.Namespace, fmt: Any, picture: Any) -> tuple[Segment, 
 
     def segment(path: Path, data: bytes) -> list[Any]:
         parts = client.segment(data, path.name, params)
-        if picture is not None:
-            rgb = np.asarray(to_rgb(open_image(data, DEFAULT_MAX_IMAGE_PIXELS)), dtype=np.uint8)
+        if drawing is not None:
             decoded = decode_answer(fmt, {part.name: part for part in parts})
-            kind: PictureKind = "png" if picture.value == "overlay" else "jpeg"
-            drawn = draw_overlay(rgb, decoded.segment_map, decoded.marks)
+            image = to_rgb(open_image(data, DEFAULT_MAX_IMAGE_PIXELS))
+            kind: PictureKind = "png" if drawing.value == "overlay" else "jpeg"
+            drawn = picture(image, decoded.segment_map, decoded.marks, in_place=True)
             parts.append(Part("overlay", f"image/{kind}", encode_picture(drawn, kind)))
         return parts
 

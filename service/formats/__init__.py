@@ -24,8 +24,6 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-import numpy as np
-
 from maskserve.bundle import Manifest
 from maskserve.service import maps
 from maskserve.service.decode import DEFAULT_MAX_IMAGE_PIXELS, open_image, to_rgb
@@ -35,7 +33,7 @@ from maskserve.service.formats.multipart import Part, encode_multipart
 from maskserve.service.formats.panoptic import panoptic_png
 from maskserve.service.formats.polygon_json import MEDIA_TYPE as POLYGONS_TYPE
 from maskserve.service.formats.polygon_json import polygon_segments
-from maskserve.service.overlay import PictureKind, draw_overlay, encode_picture, marks
+from maskserve.service.overlay import PictureKind, encode_picture, picture, segment_marks
 from maskserve.service.response import TIMING_ORDER, render_json
 from maskserve.service.result import Result
 
@@ -142,10 +140,10 @@ def render_parts(
         ]
     if image is None:
         raise ValueError("an overlay needs the image")
-    rgb = np.asarray(to_rgb(open_image(image, max_pixels)), dtype=np.uint8)
-    picture = draw_overlay(rgb, maps.segment_map(result), marks(result.segments))
+    ids = maps.segment_map(result, maps.id_dtype(len(result.segments)))
+    drawn = picture(to_rgb(open_image(image, max_pixels)), ids, segment_marks(ids, result.segments), in_place=True)
     kind: PictureKind = "png" if fmt is OutputFormat.OVERLAY else "jpeg"
-    return [Part("overlay", f"image/{kind}", encode_picture(picture, kind), f"overlay.{kind.replace('jpeg', 'jpg')}")]
+    return [Part("overlay", f"image/{kind}", encode_picture(drawn, kind), f"overlay.{kind.replace('jpeg', 'jpg')}")]
 
 
 def join(parts: Sequence[Part]) -> tuple[bytes, str]:

@@ -19,7 +19,7 @@ from PIL import Image
 from maskserve.service import maps
 from maskserve.service.formats import OutputFormat
 from maskserve.service.formats.multipart import Part
-from maskserve.service.overlay import Mark, label_point
+from maskserve.service.overlay import Mark, caption, marks
 from maskserve.service.polygons import Polygon, rasterize
 from maskserve.service.result import Result, Segment
 
@@ -54,19 +54,17 @@ def decode_answer(fmt: OutputFormat, parts: dict[str, Part]) -> Decoded:
                 lut[described["void"]] = 0
                 pixels = lut[pixels]
             ids = pixels.astype(np.int32)
-        texts = {s["id"]: _text(s["label"], s["score"]) for s in segments}
-        boxes = {s["id"]: s["bbox"] for s in segments}
+        labelled = [(s["id"], caption(s["label"], s["score"]), s["bbox"]) for s in segments]
     elif fmt is OutputFormat.COCO_PANOPTIC:
         document = json.loads(parts["annotation"].data)
         rgb = _png(parts["panoptic"].data).astype(np.int64)
         ids = (rgb[..., 0] + 256 * rgb[..., 1] + 256 * 256 * rgb[..., 2]).astype(np.int32)
         names = {c["id"]: c["name"] for c in document["categories"]}
         info = document["annotation"]["segments_info"]
-        texts = {s["id"]: names[s["category_id"]] for s in info}
-        boxes = {s["id"]: s["bbox"] for s in info}
+        labelled = [(s["id"], names[s["category_id"]], s["bbox"]) for s in info]
     else:
         raise ValueError(f"{fmt.value} answers are pictures, not masks")
-    return Decoded(ids, _marks(ids, texts, boxes))
+    return Decoded(ids, marks(ids, labelled))
 
 
 def _result_segments(segments: list[dict[str, Any]], height: int, width: int) -> Result:
@@ -87,18 +85,3 @@ def _polygons(items: list[dict[str, Any]]) -> list[Polygon]:
 def _png(data: bytes) -> npt.NDArray[Any]:
     with Image.open(io.BytesIO(data)) as image:
         return np.asarray(image)
-
-
-def _text(label: str, score: float | None) -> str:
-    return label if score is None else f"{label} {score:.2f}"
-
-
-def _marks(ids: npt.NDArray[np.int32], texts: dict[int, str], boxes: dict[int, list[int]]) -> list[Mark]:
-    out = []
-    for segment_id, text in texts.items():
-        x, y, w, h = boxes[segment_id]
-        crop = ids[y : y + h, x : x + w] == segment_id
-        if crop.any():
-            cx, cy = label_point(crop)
-            out.append(Mark(segment_id, text, x + cx, y + cy))
-    return out

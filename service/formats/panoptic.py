@@ -28,13 +28,12 @@ from maskserve.service.result import Result
 FILE_NAME = "panoptic.png"
 
 
-def id2rgb(ids: npt.NDArray[np.integer]) -> npt.NDArray[np.uint8]:
-    """``(H, W)`` ids below 256^3 to ``(H, W, 3)`` RGB: R = id % 256, G = id // 256 % 256, B = id // 256^2."""
-    rgb = np.empty((*ids.shape, 3), dtype=np.uint8)
-    values = ids.astype(np.uint32, copy=False)
-    rgb[..., 0] = values & 0xFF
-    rgb[..., 1] = (values >> 8) & 0xFF
-    rgb[..., 2] = (values >> 16) & 0xFF
+def id2rgb(ids: npt.NDArray[np.unsignedinteger[Any]]) -> npt.NDArray[np.uint8]:
+    """``(H, W)`` unsigned ids below 256^3 to ``(H, W, 3)`` RGB: R = id % 256, G = id // 256 % 256,
+    B = id // 256^2 (the bytes an id's type lacks stay 0)."""
+    rgb = np.zeros((*ids.shape, 3), dtype=np.uint8)
+    for channel in range(min(3, ids.dtype.itemsize)):
+        np.bitwise_and(ids >> (8 * channel) if channel else ids, 0xFF, out=rgb[..., channel], casting="unsafe")
     return rgb
 
 
@@ -42,8 +41,11 @@ def panoptic_png(
     result: Result, labels: tuple[str, ...], isthing: tuple[bool, ...]
 ) -> tuple[bytes, dict[str, Any], list[dict[str, Any]]]:
     """The PNG, the annotation record and the categories."""
-    ids = maps.segment_map(result, np.int32)
-    visible = np.bincount(ids.ravel(), minlength=len(result.segments) + 1)
+    ids = maps.segment_map(result, maps.id_dtype(len(result.segments)))
+    if result.task == "instance":  # the only answers whose masks may overlap
+        visible = np.bincount(ids.ravel(), minlength=len(result.segments) + 1).tolist()
+    else:
+        visible = [0, *(segment.area for segment in result.segments)]  # ids are 1..n in order
     segments_info = []
     for segment in result.segments:
         area = int(visible[segment.id])

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from maskserve.service import maps
-from maskserve.service.overlay import PALETTE, colour, draw_overlay, label_point, marks
+from maskserve.service.overlay import ALPHA, PALETTE, colour, draw_overlay, label_point, segment_marks
 from tests.service import results
 
 RLE_JS = Path(__file__).resolve().parents[2] / "service" / "page" / "static" / "rle.js"
@@ -29,7 +29,7 @@ def test_tint_outline_and_untouched_background(task: str) -> None:
     rng = np.random.default_rng(0)
     rgb = rng.integers(0, 256, (result.height, result.width, 3), dtype=np.uint8)
     ids = maps.segment_map(result)
-    picture = draw_overlay(rgb, ids, marks(result.segments), text=False)
+    picture = draw_overlay(rgb, ids, segment_marks(ids, result.segments), text=False).astype(np.int64)
     assert np.array_equal(picture[ids == 0], rgb[ids == 0])
     right = np.zeros_like(ids, dtype=bool)
     right[:, :-1] = ids[:, :-1] != ids[:, 1:]
@@ -38,9 +38,9 @@ def test_tint_outline_and_untouched_background(task: str) -> None:
     edge = (right | below) & (ids > 0)
     inside = (ids > 0) & ~edge
     palette = np.array([(0, 0, 0), *(colour(i) for i in range(1, ids.max() + 1))], dtype=np.int64)
-    expected = (rgb.astype(np.int64) * 128 + palette[ids] * 128 + 128) >> 8
-    assert np.array_equal(picture[inside], expected[inside].astype(np.uint8))
-    assert np.array_equal(picture[edge], palette[ids][edge].astype(np.uint8))
+    expected = rgb + (palette[ids] - rgb.astype(np.int64)) * ALPHA / 255  # "over", as the page's canvas draws
+    assert np.abs(picture[inside] - expected[inside]).max() <= 1
+    assert np.abs(picture[edge] - palette[ids][edge]).max() <= 1
     assert edge.any() and inside.any()
 
 
@@ -48,11 +48,13 @@ def test_labels_are_written_on_their_segments() -> None:
     result = results.synthetic("panoptic")
     rgb = np.full((result.height, result.width, 3), 128, np.uint8)
     ids = maps.segment_map(result)
-    plain = draw_overlay(rgb, ids, marks(result.segments), text=False)
-    written = draw_overlay(rgb, ids, marks(result.segments), text=True)
+    labels = segment_marks(ids, result.segments)
+    plain = draw_overlay(rgb, ids, labels, text=False)
+    written = draw_overlay(rgb, ids, labels, text=True)
     changed = (plain != written).any(axis=2)
-    assert changed.any()
-    for mark in marks(result.segments):
+    assert changed.any() and len(labels) == len(result.segments)
+    for mark in labels:
+        assert ids[int(mark.y), int(mark.x)] == mark.id  # the point is on its own segment
         x, y = int(mark.x), int(mark.y)
         assert changed[y - 3 : y + 4, x - 3 : x + 4].any(), f"no text at {mark}"
 
