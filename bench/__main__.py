@@ -18,6 +18,8 @@ from typing import NamedTuple
 from PIL import Image
 
 from bench import machine
+from bench.formats import FormatsSection
+from bench.formats import measure as measure_formats
 from bench.model_level import TASKS, MaskserveRunner, Timing, TransformersRunner, canvas_for, measure
 from bench.report import ModelSection, Report, ServiceSection
 from bench.service_level import bare_throughput, load, server
@@ -86,6 +88,14 @@ def _service_section(bundle: str, side: int, args: argparse.Namespace) -> Servic
         section.bare[batch] = bare_throughput(Path(bundle), batch, canvas, "panoptic", args.seconds)
         print(f"  bare backend b={batch}: {section.bare[batch]:.2f} img/s", file=sys.stderr)
     return section
+
+
+def _formats_section(models: list[BenchModel], args: argparse.Namespace) -> FormatsSection:
+    """The formats on the trained demo model (real masks) at 4K; ``--quick``: the first model, small."""
+    demo = [model for model in models if model.name.startswith("demo")]
+    if args.quick or not demo:
+        return measure_formats(Path(models[0].bundle), 2, ("panoptic",), size=(216, 384))
+    return measure_formats(Path(demo[0].bundle), args.repeats, TASKS)
 
 
 class BenchModel(NamedTuple):
@@ -191,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"service level: {main_model.name}", file=sys.stderr)
     report.service = _service_section(main_model.bundle, main_model.side, args)
     report.service.model = main_model.name
+    print("output formats", file=sys.stderr)
+    report.formats = _formats_section(models, args)
     report.seconds = time.perf_counter() - started
     changes = ROOT / "bench" / "changes.md"
     text = report.render(changes.read_text() if changes.is_file() and not args.quick else "")
