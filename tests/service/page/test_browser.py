@@ -5,6 +5,7 @@ the automatic retry), an API key sent as a bearer token, and every other API err
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import os
@@ -276,3 +277,26 @@ def test_the_page_decodes_coco_rle_like_pycocotools(browser: webdriver.Chrome, s
     numbers = np.array(painted).reshape(answer.height, answer.width)
     ids = np.where(numbers > 0, numbers, 0)  # segment number == id here (ids are 1..n in order)
     assert np.array_equal(ids, answer.segment_map())  # overlapping instances: the best score wins
+
+
+DROP_OR_PASTE = """
+const [kind, data, done] = arguments;
+const bytes = Uint8Array.from(atob(data), (c) => c.charCodeAt(0));
+const transfer = new DataTransfer();
+transfer.items.add(new File([bytes], "dropped.png", { type: "image/png" }));
+const event = kind === "drop"
+  ? new DragEvent("drop", { dataTransfer: transfer, bubbles: true, cancelable: true })
+  : new ClipboardEvent("paste", { clipboardData: transfer, bubbles: true, cancelable: true });
+(kind === "drop" ? document.getElementById("drop") : document).dispatchEvent(event);
+done(true);
+"""
+
+
+@pytest.mark.parametrize("kind", ["drop", "paste"])
+def test_a_dropped_or_pasted_image_is_segmented(browser: webdriver.Chrome, site: str, kind: str) -> None:
+    _open(browser, site)
+    browser.execute_async_script(DROP_OR_PASTE, kind, base64.b64encode(EXAMPLE.read_bytes()).decode())
+    _wait(browser, lambda b: _state(b) in ("done", "error"))
+    assert _state(browser) == "done", browser.find_element(By.ID, "message").text
+    assert "dropped.png" in browser.find_element(By.ID, "file-name").text
+    assert browser.find_elements(By.CSS_SELECTOR, "#legend tbody tr")
