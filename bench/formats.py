@@ -51,6 +51,7 @@ class FormatsSection:
     segments: dict[str, int] = field(default_factory=dict)  # task -> segments in the answer
     request_s: dict[str, float] = field(default_factory=dict)  # task -> median request, formats aside
     rows: list[Row] = field(default_factory=list)
+    provenance: str = ""  # set when measured apart from the rest of the report (--formats-only)
 
     def share(self, row: Row) -> float:
         """The format's part of a request that answers in it."""
@@ -122,6 +123,7 @@ def render(section: FormatsSection) -> list[str]:
         "encoder at its default level 6 on the same label map and the same overlay picture; maskserve's PNG writer "
         "uses the Up filter with zlib level 1 and the run-length strategy (`service/png.py`).",
         "",
+        *([section.provenance, ""] if section.provenance else []),
         "| task | segments | request without encode (s) | format | encode (ms) | bytes | share |",
         "|---|---|---|---|---|---|---|",
     ]
@@ -132,3 +134,18 @@ def render(section: FormatsSection) -> list[str]:
             f"{row.median * 1000:.1f} | {row.size_bytes:,} | {share} |"
         )
     return [*lines, ""]
+
+
+def splice(report: str, lines: list[str]) -> str:
+    """``report`` with its output-formats section replaced by ``lines`` (or inserted before the
+    list of changes, or appended), the rest untouched."""
+    section = "\n".join(lines).rstrip() + "\n"
+    start = report.find("## Output formats")
+    if start >= 0:
+        end = report.find("\n## ", start)
+        rest = report[end + 1 :] if end >= 0 else ""
+        return report[:start] + section + ("\n" + rest if rest else "")
+    marker = report.find("## What was changed")
+    if marker >= 0:
+        return report[:marker] + section + "\n" + report[marker:]
+    return report.rstrip() + "\n\n" + section
