@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
 import sys
 import time
 from datetime import UTC, datetime
@@ -103,7 +104,8 @@ def _formats_only(args: argparse.Namespace) -> int:
     when = datetime.now(UTC).strftime("%Y-%m-%d")
     section.provenance = (
         f"Measured apart from the sections above, by `{command}` on {when} ({machine.machine_line()}), "
-        f"in {time.perf_counter() - started:.0f} s."
+        f"in {time.perf_counter() - started:.0f} s, at a 1-minute load average of {os.getloadavg()[0]:.1f} "
+        f"on {os.cpu_count()} cores."
     )
     report = args.out.read_text() if args.out.is_file() else "# Benchmarks\n"
     args.out.parent.mkdir(parents=True, exist_ok=True)

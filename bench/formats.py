@@ -118,7 +118,9 @@ def render(section: FormatsSection) -> list[str]:
         f"{section.upload_bytes / 1e6:.1f} MB JPEG, in-process through `Segmenter`; each format is then rendered "
         "from that same answer (`maskserve.service.formats.render_parts`, what the server runs in its worker pool). "
         "`encode` is the median over repeats; `share` is the format's part of a request answered in it "
-        "(decode, preprocess, inference and postprocess, plus the encode). The overlays decode the upload again "
+        "(decode, preprocess, inference and postprocess, plus the encode). The COCO RLE of every format is made "
+        "in postprocess (the request column), so `json` only dumps it; the other formats start from it. "
+        "The overlays decode the upload again "
         "(the server keeps no full-size copy of it), which is part of their time. The baselines are Pillow's PNG "
         "encoder at its default level 6 on the same label map and the same overlay picture; maskserve's PNG writer "
         "uses the Up filter with zlib level 1 and the run-length strategy (`service/png.py`).",
