@@ -181,6 +181,12 @@ def test_oversized_upload_shows_the_413_message(browser: webdriver.Chrome, site:
     assert message.text.startswith("File too large (413)") and str(MAX_BODY) in message.text
 
 
+SNAPSHOT = """
+const box = document.getElementById("message");
+return document.body.dataset.state === "error" ? [box.dataset.status, box.dataset.type, box.textContent] : null;
+"""
+
+
 def test_full_queue_shows_retry_after_then_retries(
     browser: webdriver.Chrome, site: str, held: HeldBackend, demo_bundle_dir: Path
 ) -> None:
@@ -196,10 +202,11 @@ def test_full_queue_shows_retry_after_then_retries(
         deadline = time.monotonic() + 60
         while metric(site, "maskserve_queue_depth") < 1 and time.monotonic() < deadline:
             time.sleep(0.02)  # the second one waits in the queue: it is full
-        assert _upload(browser, EXAMPLE) == "error"
-        message = browser.find_element(By.ID, "message")
-        assert message.get_attribute("data-status") == "503" and message.get_attribute("data-type") == "overloaded"
-        assert "busy" in message.text and "Retry in 1 s" in message.text
+        browser.find_element(By.ID, "file").send_keys(str(EXAMPLE))
+        # Read the message in the same script that sees the error: a second later the page retries.
+        status, error_type, text = _wait(browser, lambda b: b.execute_script(SNAPSHOT))
+        assert (status, error_type) == ("503", "overloaded")
+        assert "busy" in text and "Retry in 1 s" in text
     finally:
         held.release()
         for post in posts:
