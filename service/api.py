@@ -11,6 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from maskserve.bundle import Task
 from maskserve.service import pipeline, uploads
 from maskserve.service.errors import InvalidRequest, error_body
+from maskserve.service.formats import OutputFormat, Rendering, negotiate
 from maskserve.service.openapi import error_responses
 from maskserve.service.schemas import ErrorResponse, HealthResponse, LabelOut, ModelResponse, SegmentResponse
 from maskserve.service.state import SHUTTING_DOWN, ServerState, State
@@ -67,9 +68,11 @@ async def segment(
         Query(description="only these label ids (repeat the parameter, or comma-separate: `0,2`)"),
     ] = None,
     min_area: Annotated[int, Query(ge=0, description="drop segments smaller than this many pixels")] = 0,
+    format: Annotated[OutputFormat | None, Query(description="output format; default: from Accept, else json")] = None,
 ) -> Response:
     request.state.task = task or server.bundle.manifest.default_task  # the request-duration metric's label
     deadline = request.state.arrival + server.settings.request_timeout_s
+    output = negotiate(format, request.headers.get("accept"))
     server.check_open()
     assert server.segmenter is not None
     params = server.segmenter.params(
@@ -80,12 +83,16 @@ async def segment(
         with server.hold_body(uploads.declared_length(request)) as held:
             timeout_s = server.settings.body_timeout_s
             data = await uploads.read_image(request, kind, held.limit, timeout_s, deadline, server.guard)
-            upload, data = pipeline.Upload(data, held.release), b""  # the upload owns the bytes now
+            # Only the overlays draw on the upload; for the rest the upload owns the bytes alone.
+            picture = data if output in (OutputFormat.OVERLAY, OutputFormat.OVERLAY_JPEG) else None
+            render = Rendering(output, server.segmenter.manifest, picture, server.settings.max_image_pixels)
+            upload, data = pipeline.Upload(data, held.release), b""
             async with server.admit() as serving:
-                body = await pipeline.segment(serving, upload, params, deadline, lambda: uploads.disconnected(request))
+                gone = lambda: uploads.disconnected(request)  # noqa: E731
+                body = await pipeline.segment(serving, upload, params, deadline, gone, render)
     except uploads.ClientGone:
         return Response(status_code=499)  # nginx's "client closed request"; nobody reads it
-    return Response(body, media_type="application/json")
+    return Response(body, media_type=render.media_type, headers=render.headers)
 
 
 def _label_ids(values: list[str] | None) -> list[int] | None:

@@ -20,6 +20,7 @@ from maskserve.service.errors import ErrorShapes, install_handlers
 from maskserve.service.inference_protocol import routes as inference_protocol
 from maskserve.service.labelstudio import routes as labelstudio
 from maskserve.service.metrics import Metrics
+from maskserve.service.page.routes import router as page_router
 from maskserve.service.protocol_guard import ProtocolGuard
 from maskserve.service.settings import Settings
 from maskserve.service.state import BackendWrapper, ServerState
@@ -60,6 +61,7 @@ def create_app(settings: Settings, wrap_backend: BackendWrapper | None = None) -
     app.include_router(router)
     app.include_router(inference_protocol.router)
     app.include_router(labelstudio.create_router())
+    app.include_router(page_router)
     name = inference_protocol.model_name(server)
     openapi.install(app, server.bundle.manifest, SEGMENT_PATH, name, inference_protocol.MODEL_VERSION)
     # Starlette wraps the last-added middleware outermost: ProtocolGuard sees every request first.

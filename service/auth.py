@@ -6,7 +6,9 @@ attacker nothing about how much of a guess was right. HTTP Basic with the key as
 (any user name) is taken too: it is the only scheme Label Studio's ML-backend connection sends.
 A refusal is 401 with the JSON error body and ``WWW-Authenticate: Bearer`` (RFC 6750 section 3).
 Liveness and readiness stay open because kubelets and load balancers probe without credentials;
-``/metrics`` stays open only with ``MASKSERVE_METRICS_WITHOUT_KEY``.
+``/metrics`` stays open only with ``MASKSERVE_METRICS_WITHOUT_KEY``. The try-it page's own files
+(``/`` and ``/page/*``: HTML, scripts, styles, no data) stay open too, since a browser cannot add
+a header to a navigation; everything the page asks the server sends the key it is given.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from maskserve.service.metrics import Metrics
 from maskserve.service.protocol_guard import send_error
 
 PROBES = ("/healthz", "/readyz", "/v2/health/live", "/v2/health/ready")
+PAGE = ("/", "/page/")  # the page's static files: "/" itself, and everything under /page/
 
 
 class ApiKeyGuard:
@@ -37,7 +40,8 @@ class ApiKeyGuard:
         self.shapes = shapes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.key is None or scope["type"] != "http" or scope["path"] in self.public:
+        path = scope["path"] if scope["type"] == "http" else ""
+        if self.key is None or not path or path in self.public or path == PAGE[0] or path.startswith(PAGE[1]):
             await self.app(scope, receive, send)
             return
         given = _credential(scope)

@@ -59,6 +59,10 @@ class NotFound(ServiceError):
     """No such resource: a model name or version the server does not serve."""
 
 
+class NotAcceptable(ServiceError):
+    """The ``Accept`` header names no output format the server writes."""
+
+
 class QueueFull(ServiceError):
     """Overloaded: as many images as MASKSERVE_MAX_QUEUE are admitted already. Comes with Retry-After."""
 
@@ -99,6 +103,7 @@ ERROR_TABLE: dict[type[ServiceError], tuple[int, str, str | None]] = {
     InvalidRequest: (422, "invalid_request", "payload"),
     NotFound: (404, "not_found", None),
     UnsupportedMediaType: (415, "unsupported_media_type", "payload"),
+    NotAcceptable: (406, "not_acceptable", "payload"),
     PayloadTooLarge: (413, "payload_too_large", "payload"),
     ImageTooLarge: (413, "image_too_large", "bad_image"),
     QueueFull: (503, "overloaded", "queue_full"),

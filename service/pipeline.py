@@ -10,6 +10,7 @@ other and with other requests."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -23,6 +24,9 @@ from maskserve.service.result import Result
 from maskserve.service.state import Serving
 from maskserve.service.uploads import ClientGone
 from maskserve.service.workers import FINISH, START
+
+# (result, timing per stage, seconds since arrival) -> the response body
+Render = Callable[[Result, dict[str, float], float], bytes]
 
 
 class Upload:
@@ -54,10 +58,12 @@ async def segment(
     params: TaskParams,
     deadline: float,
     client_gone: Callable[[], Awaitable[Any]],
+    render: Render | None = None,
 ) -> bytes:
-    """Run one request end to end and return its JSON body. ``deadline`` is in
-    ``time.monotonic()`` seconds; ``client_gone()`` completes if the client disconnects."""
-    return (await answer(serving, upload, params, deadline, client_gone)).body
+    """Run one request end to end and return its body. ``deadline`` is in ``time.monotonic()``
+    seconds; ``client_gone()`` completes if the client disconnects; ``render`` writes the body
+    (default: the JSON with COCO RLE)."""
+    return (await answer(serving, upload, params, deadline, client_gone, render)).body
 
 
 async def answer(
@@ -66,11 +72,12 @@ async def answer(
     params: TaskParams,
     deadline: float,
     client_gone: Callable[[], Awaitable[Any]],
+    render: Render | None = None,
 ) -> Answer:
     """``segment``, returning the ``Result`` with the body."""
     try:
         async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
-            return await _stages(serving, upload, params, deadline, client_gone)
+            return await _stages(serving, upload, params, deadline, client_gone, render)
     except TimeoutError:
         raise DeadlineExceeded(
             f"no answer within the {serving.settings.request_timeout_s:g} s request deadline"
@@ -83,6 +90,7 @@ async def _stages(
     params: TaskParams,
     deadline: float,
     client_gone: Callable[[], Awaitable[Any]],
+    render: Render | None,
 ) -> Answer:
     segmenter, metrics, pool, guard = serving.segmenter, serving.metrics, serving.pool, serving.guard
     arrival = deadline - serving.settings.request_timeout_s
@@ -99,8 +107,8 @@ async def _stages(
     result = await guard(pool.run(FINISH, segmenter.postprocess, waited.outputs, prepared, params, waited.inference))
     timing = {**result.timing, "queue_wait": waited.queue_wait}
     started = time.perf_counter()
-    name = segmenter.manifest.name
-    body = await guard(pool.run(FINISH, render_json, name, result, timing, time.monotonic() - arrival))
+    render = render or functools.partial(render_json, segmenter.manifest.name)
+    body = await guard(pool.run(FINISH, render, result, timing, time.monotonic() - arrival))
     for stage, seconds in (*timing.items(), ("encode", time.perf_counter() - started)):
         metrics.stage_duration.labels(stage).observe(seconds)
     metrics.segments_per_image.observe(len(result.segments))

@@ -29,7 +29,7 @@ def _call(client: httpx.Client, method: str, path: str, headers: dict[str, str])
 def test_every_route_but_the_probes_needs_the_key(exempt_metrics: bool) -> None:
     settings = {"api_key": KEY, "metrics_without_key": exempt_metrics}
     with running_server(DEFAULT_BUNDLE, **settings) as (url, _), httpx.Client(base_url=url, timeout=60) as client:
-        for path in PROBES:
+        for path in (*PROBES, "/", "/page/app.js"):  # probes, and the page's own files (no data)
             assert client.get(path).status_code == 200, path
         for method, path in ROUTES:
             public = exempt_metrics and path == "/metrics"
