@@ -20,6 +20,7 @@ def _feeds(batch: int, canvas: tuple[int, int], seed: int) -> dict[str, np.ndarr
         "image_sizes": np.array([[canvas[0] - 8 * i, canvas[1] - 4 * i] for i in range(batch)], np.int64),
         "score_threshold": np.linspace(0.1, 0.4, batch).astype(np.float32),
         "mask_threshold": np.full(batch, 0.5, np.float32),
+        "panoptic_upsampling": np.arange(batch, dtype=np.int32) % 2,
     }
 
 
