@@ -33,6 +33,16 @@ def _canvas_list(value: object) -> object:
     return value
 
 
+def _renamed_panoptic_rule(value: object) -> object:
+    """``paper`` named Mask2Former's rule after MaskFormer's paper; say what it became."""
+    if isinstance(value, str) and value.strip().lower() == "paper":
+        raise ValueError(
+            "'paper' is no longer a panoptic rule: use 'maskformer' (the default, facebookresearch/MaskFormer), "
+            "'mask2former' (what 'paper' did) or 'transformers'"
+        )
+    return value
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MASKSERVE_", extra="forbid", validate_default=True)
 
@@ -75,11 +85,15 @@ class Settings(BaseSettings):
         description="Native TensorRT backend: record each (batch, canvas) launch as a CUDA graph and replay it, "
         "saving CPU launch overhead on small models. Costs GPU memory per shape.",
     )
-    panoptic_rule: Literal["paper", "transformers"] = Field(
-        "paper",
-        description="Panoptic merging rule. `paper` follows the MaskFormer reference implementation; "
-        "`transformers` reproduces MaskFormerImageProcessor.post_process_panoptic_segmentation for "
-        "users migrating from it (see docs/postprocessing.md).",
+    panoptic_rule: Annotated[
+        Literal["maskformer", "mask2former", "transformers"], BeforeValidator(_renamed_panoptic_rule)
+    ] = Field(
+        "maskformer",
+        description="Panoptic merging rule, named for its source. `maskformer` is facebookresearch/MaskFormer's "
+        "panoptic_inference (the model's own reference); `mask2former` is Mask2Former's, which also drops the "
+        "pixels a segment wins below the mask threshold; `transformers` reproduces "
+        "MaskFormerImageProcessor.post_process_panoptic_segmentation, for users comparing with it. See "
+        "docs/postprocessing.md.",
     )
 
     # --- batching ----------------------------------------------------------------------------
