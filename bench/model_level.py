@@ -1,13 +1,14 @@
-"""Model-level comparison on the same checkpoint and images: transformers eager against the
-bundle through ONNX Runtime plus maskserve's host post-processing, stage by stage."""
+"""Model-level comparison on the same checkpoint and images: transformers eager against each
+maskserve variant (a bundle precision on a runtime, ``bench.variants``) through ``Segmenter``,
+stage by stage, run alternately so that a busy moment of the machine hits every runner alike."""
 
 from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -15,21 +16,31 @@ from PIL import Image
 from pycocotools import mask as coco_mask
 from transformers import MaskFormerForInstanceSegmentation, MaskFormerImageProcessor
 
-from maskserve.bundle import Bundle
-from maskserve.service.backends.ort import OnnxRuntimeBackend
-from maskserve.service.preprocess import fit
+from bench.variants import Variant
+from maskserve.bundle import RAW_OUTPUTS, Bundle
+from maskserve.service.backends import Backend, BackendOptions
+from maskserve.service.backends.base import graph_feeds
+from maskserve.service.loading import load_backend
+from maskserve.service.postprocess import PanopticRule
+from maskserve.service.preprocess import Prepared, fit
 from maskserve.service.segmenter import Segmenter
 
 # "postprocess" includes the RLE encoding on both sides.
 STAGES = ("preprocess", "model", "postprocess")
 TASKS = ("panoptic", "semantic", "instance")
+# maskserve's answers follow transformers' panoptic rule here, so that both sides of the
+# comparison give the same segments (the server's default, maskformer, costs the same: one
+# bilinear pass, on the logits instead of the probabilities).
+RULE = PanopticRule.TRANSFORMERS
 
 
 @dataclass
 class Timing:
-    """Seconds per stage for each repeat of one (runner, task, size, batch) configuration."""
+    """Seconds per stage for each repeat of one (runner, task, size, batch) configuration, and
+    the segments each repeat kept per image (the same every repeat for a deterministic runner)."""
 
     runs: list[dict[str, float]] = field(default_factory=list)
+    segments: list[float] = field(default_factory=list)
 
     def total(self) -> list[float]:
         return [sum(run.values()) for run in self.runs]
@@ -41,6 +52,18 @@ class Timing:
     def p95(self) -> float:
         values = sorted(self.total())
         return values[min(len(values) - 1, round(0.95 * (len(values) - 1)))]
+
+    def kept(self) -> float:
+        """Segments per image (median over repeats; NaN when nothing was counted)."""
+        return statistics.median(self.segments) if self.segments else float("nan")
+
+
+class Runner(Protocol):
+    name: str
+
+    def run(self, images: list[Image.Image], task: str) -> tuple[dict[str, float], float]:
+        """Seconds per stage for one batch, and the segments kept per image."""
+        ...
 
 
 def canvas_for(size: tuple[int, int], side: int) -> tuple[int, int]:
@@ -61,6 +84,7 @@ class TransformersRunner:
     """What users wire up by hand: image processor, eager model, post_process_*, pycocotools."""
 
     name = "transformers"
+    compute = "fp32"
 
     def __init__(self, checkpoint: str, side: int, stuff_ids: set[int], params: dict[str, float]) -> None:
         self.model = MaskFormerForInstanceSegmentation.from_pretrained(checkpoint).eval()
@@ -68,18 +92,26 @@ class TransformersRunner:
         self.stuff_ids = stuff_ids
         self.params = params
 
-    def run(self, images: list[Image.Image], task: str) -> dict[str, float]:
+    def run(self, images: list[Image.Image], task: str) -> tuple[dict[str, float], float]:
         stages: dict[str, float] = {}
         sizes = [(image.height, image.width) for image in images]
         inputs = _timed(stages, "preprocess", lambda: self.processor(images=images, return_tensors="pt"))
         with torch.inference_mode():
             outputs = _timed(stages, "model", lambda: self.model(pixel_values=inputs["pixel_values"]))
-        _timed(
+        masks = _timed(
             stages,
             "postprocess",
             lambda: [coco_mask.encode(np.asfortranarray(m)) for m in self._post(outputs, task, sizes)],
         )
-        return stages
+        return stages, len(masks) / len(images)
+
+    def body(self, images: list[Image.Image]) -> float:
+        """Seconds of the model step alone (backbone to the 1/4-resolution logits)."""
+        inputs = self.processor(images=images, return_tensors="pt")
+        with torch.inference_mode():
+            started = time.perf_counter()
+            self.model(pixel_values=inputs["pixel_values"])
+            return time.perf_counter() - started
 
     def _post(self, outputs: Any, task: str, sizes: list[tuple[int, int]]) -> list[np.ndarray]:
         """Post-process and cut each segment's binary mask (uint8), ready for RLE."""
@@ -110,18 +142,35 @@ class TransformersRunner:
         return masks
 
 
+class VariantUnavailable(Exception):
+    """The variant's backend could not be created as asked (one line)."""
+
+
 class MaskserveRunner:
-    """The bundle through ``Segmenter``, stage by stage: prepare (decode, letterbox, normalize),
-    the model call (ONNX Runtime, staged on CPU), post-processing with RLE."""
+    """One variant's bundle through ``Segmenter``, stage by stage: prepare (decode, letterbox,
+    normalize), the model call (body and the requested head), post-processing with RLE."""
 
     def __init__(
-        self, bundle_dir: str, side: int, params: dict[str, float], intra_op_threads: int = 0, name: str = "maskserve"
+        self,
+        variant: Variant,
+        bundle_dir: str,
+        side: int,
+        params: dict[str, float],
+        canvases: Sequence[tuple[int, int]],
     ) -> None:
-        self.name = name
+        self.variant = variant
+        self.name = variant.name
+        self.compute = variant.compute
         self.bundle = Bundle.load(bundle_dir)
-        self.backend = OnnxRuntimeBackend(
-            self.bundle.model_path, self.bundle.manifest.max_batch, "cpu", intra_op_threads=intra_op_threads
+        self.backend: Backend = load_backend(
+            BackendOptions(backend=variant.runtime, provider="cpu"),
+            self.bundle,
+            canvases,
+            self.bundle.manifest.max_batch,
         )
+        if self.backend.name != variant.runtime:
+            raise VariantUnavailable(f"MASKSERVE_BACKEND={variant.runtime} gave a {self.backend.name} backend")
+        self.provider = self.backend.provider
         self.side = side
         self.params = params
         self._segmenters: dict[tuple[int, int], Segmenter] = {}
@@ -129,29 +178,74 @@ class MaskserveRunner:
     def segmenter(self, canvas: tuple[int, int]) -> Segmenter:
         """A ``Segmenter`` on the shared backend that letterboxes into ``canvas`` only."""
         if canvas not in self._segmenters:
-            self._segmenters[canvas] = Segmenter(self.bundle, self.backend, canvases=[f"{canvas[0]}x{canvas[1]}"])
+            self._segmenters[canvas] = Segmenter(
+                self.bundle, self.backend, canvases=[f"{canvas[0]}x{canvas[1]}"], panoptic_rule=RULE
+            )
         return self._segmenters[canvas]
 
-    def run(self, images: list[Image.Image], task: str) -> dict[str, float]:
+    def _prepared(self, images: list[Image.Image]) -> tuple[Segmenter, list[Prepared]]:
+        segmenter = self.segmenter(canvas_for((images[0].height, images[0].width), self.side))
+        return segmenter, [segmenter.prepare(image) for image in images]
+
+    def run(self, images: list[Image.Image], task: str) -> tuple[dict[str, float], float]:
         stages: dict[str, float] = {}
         segmenter = self.segmenter(canvas_for((images[0].height, images[0].width), self.side))
-        params = segmenter.params(
-            task, self.params["threshold"], self.params["mask_threshold"], self.params["overlap_threshold"]
-        )
+        p = self.params
+        params = segmenter.params(task, p["threshold"], p["mask_threshold"], p["overlap_threshold"])
         prepared = _timed(stages, "preprocess", lambda: [segmenter.prepare(image) for image in images])
         outputs = _timed(stages, "model", lambda: segmenter.forward(prepared, [params] * len(prepared)))
-        _timed(
+        results = _timed(
             stages,
             "postprocess",
             lambda: [segmenter.postprocess(out, item, params) for out, item in zip(outputs, prepared, strict=True)],
         )
-        return stages
+        return stages, sum(len(result.segments) for result in results) / len(images)
+
+    def body(self, images: list[Image.Image]) -> float:
+        """Seconds of the body alone (backbone to the raw logits: the backend runs no head)."""
+        segmenter, prepared = self._prepared(images)
+        feeds = graph_feeds(
+            np.stack([item.pixels for item in prepared]),
+            [item.letterbox.valid for item in prepared],
+            segmenter.manifest.thresholds.score,
+            segmenter.manifest.thresholds.mask,
+            RULE.upsampling,
+        )
+        started = time.perf_counter()
+        self.backend.run(feeds, list(RAW_OUTPUTS))
+        return time.perf_counter() - started
+
+    def close(self) -> None:
+        self.backend.close()
 
 
-def measure(runner: Any, images: list[Image.Image], task: str, repeats: int, warmup: int = 1) -> Timing:
-    for _ in range(warmup):
+def _rotated(items: Sequence[Any], shift: int) -> list[Any]:
+    shift %= max(len(items), 1)
+    return [*items[shift:], *items[:shift]]
+
+
+def measure(runners: Sequence[Runner], images: list[Image.Image], task: str, repeats: int) -> dict[str, Timing]:
+    """Each runner ``repeats`` times on the same batch, alternating (the order rotates every
+    repeat), after one warm-up call each."""
+    for runner in runners:
         runner.run(images, task)
-    timing = Timing()
-    for _ in range(repeats):
-        timing.runs.append(runner.run(images, task))
-    return timing
+    timings = {runner.name: Timing() for runner in runners}
+    for repeat in range(repeats):
+        for runner in _rotated(runners, repeat):
+            stages, kept = runner.run(images, task)
+            timings[runner.name].runs.append(stages)
+            timings[runner.name].segments.append(kept)
+    return timings
+
+
+def measure_bodies(
+    runners: Sequence[TransformersRunner | MaskserveRunner], images: list[Image.Image], repeats: int
+) -> dict[str, Timing]:
+    """The body of every runner (the model step of transformers), alternating like ``measure``."""
+    for runner in runners:
+        runner.body(images)
+    timings = {runner.name: Timing() for runner in runners}
+    for repeat in range(repeats):
+        for runner in _rotated(runners, repeat):
+            timings[runner.name].runs.append({"body": runner.body(images)})
+    return timings

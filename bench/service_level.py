@@ -17,9 +17,15 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from bench.workload import scenes
 from maskserve.bundle import TASK_OUTPUTS, Bundle
+from maskserve.service.backends import BackendOptions
 from maskserve.service.backends.base import graph_feeds
-from maskserve.service.backends.ort import OnnxRuntimeBackend
+from maskserve.service.decode import DEFAULT_MAX_IMAGE_PIXELS
+from maskserve.service.loading import load_backend
+from maskserve.service.postprocess import PanopticRule
+from maskserve.service.preprocess import Normalizer, prepare
+from maskserve.service.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -44,12 +50,20 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def default_rule() -> PanopticRule:
+    """The panoptic rule ``maskserve serve`` uses unless told otherwise."""
+    return PanopticRule(Settings.model_fields["panoptic_rule"].default)
+
+
 @contextlib.contextmanager
-def server(bundle: Path, max_batch: int, canvas: tuple[int, int]) -> Iterator[str]:
+def server(bundle: Path, max_batch: int, canvas: tuple[int, int], backend: str = "auto") -> Iterator[str]:
+    """``maskserve serve`` in a child process on a free loopback port (its default panoptic
+    rule); yields its URL once ready."""
     port = _free_port()
     env = {
         **os.environ,
         "MASKSERVE_PORT": str(port),
+        "MASKSERVE_BACKEND": backend,
         "MASKSERVE_MAX_BATCH_SIZE": str(max_batch),
         "MASKSERVE_CANVASES": f"{canvas[0]}x{canvas[1]}",
         "MASKSERVE_MAX_QUEUE": "256",
@@ -103,16 +117,22 @@ async def _load(url: str, image: bytes, task: str, concurrency: int, seconds: fl
     return LoadResult(concurrency, len(latencies), errors, elapsed, tuple(latencies))
 
 
-def load(url: str, image: bytes, task: str, concurrency: int, seconds: float) -> LoadResult:
+def load(url: str, image: bytes, task: str, concurrency: int, seconds: float) -> tuple[LoadResult, int]:
+    """The load level's result, and the segments in each answer (the same image every time: the
+    warm-up's answer is counted, so the client spends no CPU parsing answers during the load)."""
     # One warm-up request so the first measured one does not pay for connection set-up.
-    httpx.post(
+    response = httpx.post(
         f"{url}/v1/segment", params={"task": task}, content=image, headers={"Content-Type": "image/png"}, timeout=600
     )
-    return asyncio.run(_load(url, image, task, concurrency, seconds))
+    response.raise_for_status()
+    return asyncio.run(_load(url, image, task, concurrency, seconds)), len(response.json()["segments"])
 
 
-def bare_throughput(bundle: Path, batch: int, canvas: tuple[int, int], task: str, seconds: float) -> float:
-    """Images per second of the backend alone, on already-preprocessed inputs.
+def bare_throughput(
+    bundle: Path, batch: int, canvas: tuple[int, int], task: str, seconds: float, backend: str = "auto"
+) -> tuple[float, str]:
+    """Images per second of the backend alone, on already-preprocessed inputs, and the backend
+    (``name provider``) that ``backend`` gave, as the server creates it.
 
     Measured in a fresh child process, like the server: in this process torch's and the other
     runners' idle thread pools would share the two cores and handicap the bare backend.
@@ -127,25 +147,35 @@ def bare_throughput(bundle: Path, batch: int, canvas: tuple[int, int], task: str
         str(canvas[1]),
         task,
         str(seconds),
+        backend,
     ]
     result = subprocess.run(command, capture_output=True, text=True, check=True)
-    return float(result.stdout.strip().splitlines()[-1])
+    rate, kind = result.stdout.strip().splitlines()[-1].split(" ", 1)
+    return float(rate), kind
 
 
-def _bare_child(bundle: Path, batch: int, canvas: tuple[int, int], task: str, seconds: float) -> float:
-    manifest = Bundle.load(bundle).manifest
-    backend = OnnxRuntimeBackend(Bundle.load(bundle).model_path, manifest.max_batch, "cpu")
-    pixels = np.random.default_rng(0).standard_normal((batch, 3, *canvas)).astype(np.float32)
-    feeds = graph_feeds(pixels, [canvas] * batch, manifest.thresholds.score, manifest.thresholds.mask)
+def _bare_child(
+    bundle_dir: Path, batch: int, canvas: tuple[int, int], task: str, seconds: float, backend: str
+) -> tuple[float, str]:
+    bundle = Bundle.load(bundle_dir)
+    manifest = bundle.manifest
+    runtime = load_backend(BackendOptions(backend=backend), bundle, [canvas], manifest.max_batch)
+    # A generated scene, as the server gets: the heads' work depends on what the model keeps.
+    image = np.asarray(scenes(canvas, 1)[0])
+    prepared = prepare(image, DEFAULT_MAX_IMAGE_PIXELS, [canvas], Normalizer(manifest.normalization))
+    pixels = np.repeat(prepared.pixels[None], batch, axis=0)
+    thresholds = manifest.thresholds
+    feeds = graph_feeds(pixels, [canvas] * batch, thresholds.score, thresholds.mask, default_rule().upsampling)
     outputs = list(TASK_OUTPUTS[task])  # type: ignore[index]
-    backend.run(feeds, outputs)
+    runtime.run(feeds, outputs)
     images, started = 0, time.perf_counter()
     while time.perf_counter() - started < seconds or images == 0:
-        backend.run(feeds, outputs)
+        runtime.run(feeds, outputs)
         images += batch
-    return images / (time.perf_counter() - started)
+    return images / (time.perf_counter() - started), f"{runtime.name} {runtime.provider}"
 
 
 if __name__ == "__main__":
-    path, size, height, width, name, duration = sys.argv[1:7]
-    print(_bare_child(Path(path), int(size), (int(height), int(width)), name, float(duration)))
+    path, size, height, width, name, duration, kind = sys.argv[1:8]
+    rate, made = _bare_child(Path(path), int(size), (int(height), int(width)), name, float(duration), kind)
+    print(rate, made)
