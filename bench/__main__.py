@@ -26,10 +26,18 @@ from bench import machine
 from bench.formats import FormatsSection, splice
 from bench.formats import measure as measure_formats
 from bench.formats import render as render_formats
-from bench.model_level import TASKS, MaskserveRunner, TransformersRunner, VariantUnavailable, canvas_for, measure
-from bench.model_level import measure_bodies as measure_body_times
+from bench.model_level import (
+    RULE,
+    TASKS,
+    MaskserveRunner,
+    TransformersRunner,
+    VariantUnavailable,
+    canvas_for,
+    measure,
+    served_task,
+)
 from bench.report import ModelSection, Report, RunnerInfo, ServiceSection
-from bench.service_level import bare_throughput, load, server
+from bench.service_level import bare_throughput, default_rule, load, server
 from bench.variants import Variant, ensure_bundle, select
 from bench.workload import ADE20K_THING_IDS, scenes, swin_tiny_ade_trained_like, verification, workload_stats
 
@@ -130,15 +138,15 @@ def _model_section(model: BenchModel, variants: list[Variant], args: argparse.Na
         for batch in [b for b in args.batches if b == 1 or size == (model.side, model.side)]:
             images = scenes(size, batch)
             repeats = args.repeats if batch == 1 else max(2, args.repeats // 2)
-            bodies = measure_body_times(everyone, images, repeats)
-            for name, timing in bodies.items():
-                section.bodies[(name, size, batch)] = timing
-            for task in args.tasks:
-                for name, timing in measure(everyone, images, task, repeats).items():
+            # The server's default panoptic rule too, maskserve only (transformers has one rule).
+            served = [served_task(default_rule())] if "panoptic" in args.tasks and default_rule() != RULE else []
+            for task in [*args.tasks, *(served if batch == 1 else [])]:
+                who = everyone if task in TASKS else runners
+                for name, timing in measure(who, images, task, repeats).items():
                     section.add(name, task, size, batch, timing)
                     print(
-                        f"  {model.name[:24]} {name:<28} {task:<9} {size[0]}x{size[1]} b{batch}: "
-                        f"{timing.median():.3f} s (body {bodies[name].median('body'):.3f}), kept {timing.kept():.1f}",
+                        f"  {model.name[:24]} {name:<28} {task:<19} {size[0]}x{size[1]} b{batch}: "
+                        f"{timing.median():.3f} s (head {timing.head():.3f}), kept {timing.kept():.1f}",
                         file=sys.stderr,
                     )
     if model.accuracy and args.accuracy_scenes > 0:

@@ -17,12 +17,11 @@ from pycocotools import mask as coco_mask
 from transformers import MaskFormerForInstanceSegmentation, MaskFormerImageProcessor
 
 from bench.variants import Variant
-from maskserve.bundle import RAW_OUTPUTS, Bundle
+from maskserve.bundle import Bundle
 from maskserve.service.backends import Backend, BackendOptions
-from maskserve.service.backends.base import graph_feeds
 from maskserve.service.loading import load_backend
 from maskserve.service.postprocess import PanopticRule
-from maskserve.service.preprocess import Prepared, fit
+from maskserve.service.preprocess import fit
 from maskserve.service.segmenter import Segmenter
 
 # "postprocess" includes the RLE encoding on both sides.
@@ -34,6 +33,22 @@ TASKS = ("panoptic", "semantic", "instance")
 RULE = PanopticRule.TRANSFORMERS
 
 
+def served_task(rule: PanopticRule) -> str:
+    """The name of the extra panoptic measurement at the server's default ``rule`` (maskserve
+    runners only; its ratio is against transformers' panoptic): ``panoptic/maskformer``. On the
+    CPU the host head follows the transformers rule only, so the served default may cost more."""
+    return f"panoptic/{rule.value}"
+
+
+def base_task(task: str) -> str:
+    """``panoptic/maskformer`` -> ``panoptic``."""
+    return task.split("/", 1)[0]
+
+
+def task_rule(task: str) -> PanopticRule:
+    return PanopticRule(task.split("/", 1)[1]) if "/" in task else RULE
+
+
 @dataclass
 class Timing:
     """Seconds per stage for each repeat of one (runner, task, size, batch) configuration, and
@@ -41,6 +56,7 @@ class Timing:
 
     runs: list[dict[str, float]] = field(default_factory=list)
     segments: list[float] = field(default_factory=list)
+    heads: list[float] = field(default_factory=list)  # seconds of the head inside "model" (maskserve)
 
     def total(self) -> list[float]:
         return [sum(run.values()) for run in self.runs]
@@ -57,12 +73,24 @@ class Timing:
         """Segments per image (median over repeats; NaN when nothing was counted)."""
         return statistics.median(self.segments) if self.segments else float("nan")
 
+    def head(self) -> float:
+        """Seconds of the head (after the raw logits) in the model call; NaN for transformers."""
+        return statistics.median(self.heads) if self.heads else float("nan")
+
+    def bodies(self) -> list[float]:
+        """Seconds of the body in each repeat's model call: the model call without its head
+        (transformers' model step is its body: its head is in post-processing)."""
+        if not self.heads:
+            return [run["model"] for run in self.runs]
+        return [run["model"] - head for run, head in zip(self.runs, self.heads, strict=True)]
+
 
 class Runner(Protocol):
     name: str
 
-    def run(self, images: list[Image.Image], task: str) -> tuple[dict[str, float], float]:
-        """Seconds per stage for one batch, and the segments kept per image."""
+    def run(self, images: list[Image.Image], task: str) -> tuple[dict[str, float], float, float]:
+        """Seconds per stage for one batch, the segments kept per image, and the seconds of the
+        head inside the model stage (NaN where the head is not part of it)."""
         ...
 
 
@@ -92,7 +120,7 @@ class TransformersRunner:
         self.stuff_ids = stuff_ids
         self.params = params
 
-    def run(self, images: list[Image.Image], task: str) -> tuple[dict[str, float], float]:
+    def run(self, images: list[Image.Image], task: str) -> tuple[dict[str, float], float, float]:
         stages: dict[str, float] = {}
         sizes = [(image.height, image.width) for image in images]
         inputs = _timed(stages, "preprocess", lambda: self.processor(images=images, return_tensors="pt"))
@@ -103,15 +131,7 @@ class TransformersRunner:
             "postprocess",
             lambda: [coco_mask.encode(np.asfortranarray(m)) for m in self._post(outputs, task, sizes)],
         )
-        return stages, len(masks) / len(images)
-
-    def body(self, images: list[Image.Image]) -> float:
-        """Seconds of the model step alone (backbone to the 1/4-resolution logits)."""
-        inputs = self.processor(images=images, return_tensors="pt")
-        with torch.inference_mode():
-            started = time.perf_counter()
-            self.model(pixel_values=inputs["pixel_values"])
-            return time.perf_counter() - started
+        return stages, len(masks) / len(images), float("nan")
 
     def _post(self, outputs: Any, task: str, sizes: list[tuple[int, int]]) -> list[np.ndarray]:
         """Post-process and cut each segment's binary mask (uint8), ready for RLE."""
@@ -146,9 +166,45 @@ class VariantUnavailable(Exception):
     """The variant's backend could not be created as asked (one line)."""
 
 
+class _TimedRun:
+    """Stands in for a backend's stage object and adds the seconds its ``run`` takes to
+    ``seconds``; every other attribute is the wrapped object's."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self.seconds = 0.0
+
+    def run(self, *args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return self._inner.run(*args, **kwargs)
+        finally:
+            self.seconds += time.perf_counter() - started
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+def _stage_timer(backend: Any) -> tuple[str, _TimedRun] | None:
+    """Time the head inside a backend's model call, in the call itself: the CPU backends keep
+    their heads (``Heads.run(feeds, raw, outputs)``) or their body session (``_body.run``) in
+    an attribute, which is wrapped. Private to them, so a backend without either is timed as a
+    whole (its head then shows as not measured)."""
+    heads = getattr(backend, "_heads", None)
+    if heads is not None and callable(getattr(heads, "run", None)):
+        backend._heads = _TimedRun(heads)
+        return "head", backend._heads
+    body = getattr(backend, "_body", None)
+    if body is not None and callable(getattr(body, "run", None)):
+        backend._body = _TimedRun(body)
+        return "body", backend._body
+    return None
+
+
 class MaskserveRunner:
     """One variant's bundle through ``Segmenter``, stage by stage: prepare (decode, letterbox,
-    normalize), the model call (body and the requested head), post-processing with RLE."""
+    normalize), the model call (body and the requested head, timed apart inside it),
+    post-processing with RLE."""
 
     def __init__(
         self,
@@ -171,49 +227,38 @@ class MaskserveRunner:
         if self.backend.name != variant.runtime:
             raise VariantUnavailable(f"MASKSERVE_BACKEND={variant.runtime} gave a {self.backend.name} backend")
         self.provider = self.backend.provider
+        self._timer = _stage_timer(self.backend)
         self.side = side
         self.params = params
-        self._segmenters: dict[tuple[int, int], Segmenter] = {}
+        self._segmenters: dict[tuple[tuple[int, int], PanopticRule], Segmenter] = {}
 
-    def segmenter(self, canvas: tuple[int, int]) -> Segmenter:
+    def segmenter(self, canvas: tuple[int, int], rule: PanopticRule = RULE) -> Segmenter:
         """A ``Segmenter`` on the shared backend that letterboxes into ``canvas`` only."""
-        if canvas not in self._segmenters:
-            self._segmenters[canvas] = Segmenter(
-                self.bundle, self.backend, canvases=[f"{canvas[0]}x{canvas[1]}"], panoptic_rule=RULE
+        if (canvas, rule) not in self._segmenters:
+            self._segmenters[(canvas, rule)] = Segmenter(
+                self.bundle, self.backend, canvases=[f"{canvas[0]}x{canvas[1]}"], panoptic_rule=rule
             )
-        return self._segmenters[canvas]
+        return self._segmenters[(canvas, rule)]
 
-    def _prepared(self, images: list[Image.Image]) -> tuple[Segmenter, list[Prepared]]:
-        segmenter = self.segmenter(canvas_for((images[0].height, images[0].width), self.side))
-        return segmenter, [segmenter.prepare(image) for image in images]
-
-    def run(self, images: list[Image.Image], task: str) -> tuple[dict[str, float], float]:
+    def run(self, images: list[Image.Image], task: str) -> tuple[dict[str, float], float, float]:
         stages: dict[str, float] = {}
-        segmenter = self.segmenter(canvas_for((images[0].height, images[0].width), self.side))
+        segmenter = self.segmenter(canvas_for((images[0].height, images[0].width), self.side), task_rule(task))
         p = self.params
-        params = segmenter.params(task, p["threshold"], p["mask_threshold"], p["overlap_threshold"])
+        params = segmenter.params(base_task(task), p["threshold"], p["mask_threshold"], p["overlap_threshold"])
         prepared = _timed(stages, "preprocess", lambda: [segmenter.prepare(image) for image in images])
+        if self._timer is not None:
+            self._timer[1].seconds = 0.0
         outputs = _timed(stages, "model", lambda: segmenter.forward(prepared, [params] * len(prepared)))
+        head = float("nan")
+        if self._timer is not None:
+            kind, timed = self._timer
+            head = timed.seconds if kind == "head" else stages["model"] - timed.seconds
         results = _timed(
             stages,
             "postprocess",
             lambda: [segmenter.postprocess(out, item, params) for out, item in zip(outputs, prepared, strict=True)],
         )
-        return stages, sum(len(result.segments) for result in results) / len(images)
-
-    def body(self, images: list[Image.Image]) -> float:
-        """Seconds of the body alone (backbone to the raw logits: the backend runs no head)."""
-        segmenter, prepared = self._prepared(images)
-        feeds = graph_feeds(
-            np.stack([item.pixels for item in prepared]),
-            [item.letterbox.valid for item in prepared],
-            segmenter.manifest.thresholds.score,
-            segmenter.manifest.thresholds.mask,
-            RULE.upsampling,
-        )
-        started = time.perf_counter()
-        self.backend.run(feeds, list(RAW_OUTPUTS))
-        return time.perf_counter() - started
+        return stages, sum(len(result.segments) for result in results) / len(images), head
 
     def close(self) -> None:
         self.backend.close()
@@ -232,20 +277,10 @@ def measure(runners: Sequence[Runner], images: list[Image.Image], task: str, rep
     timings = {runner.name: Timing() for runner in runners}
     for repeat in range(repeats):
         for runner in _rotated(runners, repeat):
-            stages, kept = runner.run(images, task)
-            timings[runner.name].runs.append(stages)
-            timings[runner.name].segments.append(kept)
-    return timings
-
-
-def measure_bodies(
-    runners: Sequence[TransformersRunner | MaskserveRunner], images: list[Image.Image], repeats: int
-) -> dict[str, Timing]:
-    """The body of every runner (the model step of transformers), alternating like ``measure``."""
-    for runner in runners:
-        runner.body(images)
-    timings = {runner.name: Timing() for runner in runners}
-    for repeat in range(repeats):
-        for runner in _rotated(runners, repeat):
-            timings[runner.name].runs.append({"body": runner.body(images)})
+            stages, kept, head = runner.run(images, task)
+            timing = timings[runner.name]
+            timing.runs.append(stages)
+            timing.segments.append(kept)
+            if head == head:  # not NaN
+                timing.heads.append(head)
     return timings

@@ -6,12 +6,13 @@ The targets table is ``bench.targets``; the output formats section ``bench.forma
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass, field
 
 from bench import formats
 from bench.accuracy import Accuracy
 from bench.machine import GemmPeaks
-from bench.model_level import STAGES, Timing
+from bench.model_level import STAGES, Timing, base_task
 from bench.service_level import LoadResult
 
 Size = tuple[int, int]
@@ -35,7 +36,6 @@ class ModelSection:
     canvases: dict[Size, Size] = field(default_factory=dict)  # image size -> canvas
     runners: dict[str, RunnerInfo] = field(default_factory=dict)
     timings: dict[Key, Timing] = field(default_factory=dict)
-    bodies: dict[tuple[str, Size, int], Timing] = field(default_factory=dict)
     workload: str = ""  # what the model is and how its answers look (markdown)
     accuracy: dict[str, Accuracy] = field(default_factory=dict)
     not_run: dict[str, str] = field(default_factory=dict)  # runner -> why
@@ -44,10 +44,13 @@ class ModelSection:
         self.timings[(runner, task, size, batch)] = timing
 
     def has(self, runner: str, task: str, size: Size, batch: int) -> bool:
-        return (runner, task, size, batch) in self.timings and (BASELINE, task, size, batch) in self.timings
+        baseline = (BASELINE, base_task(task), size, batch)
+        return (runner, task, size, batch) in self.timings and baseline in self.timings
 
     def ratio(self, task: str, size: Size, batch: int, runner: str) -> float:
-        ours, theirs = self.timings[(runner, task, size, batch)], self.timings[(BASELINE, task, size, batch)]
+        """Against transformers on the same task (``panoptic/<rule>``: transformers' panoptic)."""
+        ours = self.timings[(runner, task, size, batch)]
+        theirs = self.timings[(BASELINE, base_task(task), size, batch)]
         return ours.median() / theirs.median()
 
     def host_share(self, runner: str, task: str, size: Size, batch: int) -> float:
@@ -55,13 +58,18 @@ class ModelSection:
         return timing.median("postprocess") / timing.median()
 
     def body_seconds(self, runner: str, size: Size, batch: int) -> float:
-        timing = self.bodies.get((runner, size, batch))
-        return timing.median("body") if timing is not None else math.nan
+        """The body's median over every task's repeats (the same body runs for each task)."""
+        values = [
+            value
+            for (name, _, at, count), timing in self.timings.items()
+            if (name, at, count) == (runner, size, batch)
+            for value in timing.bodies()
+        ]
+        return statistics.median(values) if values else math.nan
 
     def head_seconds(self, runner: str, task: str, size: Size, batch: int) -> float:
-        """The model call minus the body (medians of separate, alternated measurements: noisy
-        by a few hundredths of a second on a busy machine, and may come out slightly negative)."""
-        return self.timings[(runner, task, size, batch)].median("model") - self.body_seconds(runner, size, batch)
+        """The head's seconds inside the model call (timed in the call: ``MaskserveRunner``)."""
+        return self.timings[(runner, task, size, batch)].head()
 
     def head_share(self, runner: str, task: str, size: Size, batch: int) -> float:
         return self.head_seconds(runner, task, size, batch) / self.timings[(runner, task, size, batch)].median()
@@ -79,7 +87,7 @@ class ModelSection:
 
     def tasks(self) -> list[str]:
         order = ("panoptic", "semantic", "instance")
-        return sorted({key[1] for key in self.timings}, key=order.index)
+        return sorted({key[1] for key in self.timings}, key=lambda task: (order.index(base_task(task)), task))
 
     def target_size(self) -> Size:
         """Where the targets are read: the square canvas (512x512 for Swin-T), else (a short
@@ -139,7 +147,8 @@ class Report:
             "`post_process_*` -> `pycocotools.mask.encode` of every segment.",
             "- maskserve: the same resize into a canvas padded to a multiple of 32, the bundle on its runtime (CPU; "
             "body, then the requested head) -> host post-processing -> COCO RLE, through `Segmenter` with "
-            "transformers' panoptic rule (the same segments as the baseline). A runner is `maskserve <runtime> "
+            "transformers' panoptic rule (the same segments as the baseline; `panoptic/maskformer`: the server's "
+            "default rule, against transformers' panoptic). A runner is `maskserve <runtime> "
             "<precision>`: `ort` ONNX Runtime, `ov` OpenVINO; `int8` dynamic, `int8-static` calibrated QDQ.",
             "- Times are medians over repeats (p95 alongside), in seconds; `total` is the sum of the stages; `kept` "
             "is the segments per image in the answer.",
@@ -181,7 +190,7 @@ class Report:
                         cells.append("")
                         continue
                     ours = section.timings[(runner, task, size, 1)].kept()
-                    theirs = section.timings[(BASELINE, task, size, 1)].kept()
+                    theirs = section.timings[(BASELINE, base_task(task), size, 1)].kept()
                     cells.append(f"{section.ratio(task, size, 1, runner):.2f} ({ours:.0f}; {theirs:.0f})")
                 lines.append(f"| {task} | {runner} | " + " | ".join(cells) + " |")
         if section.timings:

@@ -124,7 +124,12 @@ def _reduced_row(main: ModelSection, demo: ModelSection | None, reduced: list[st
         candidates.append((not accurate, worst, runner, drop))
     candidates.sort(key=lambda c: (c[0], c[1]))
     inaccurate, worst, runner, drop = candidates[0]
-    accuracy = "not measured on the demo model" if drop is None else f"demo mIoU -{drop[0]:.2f}, PQ -{drop[1]:.2f}"
+    if drop is not None:
+        accuracy = f"demo model's drop from FP32: mIoU {drop[0]:+.2f}, PQ {drop[1]:+.2f} points"
+    elif demo is not None and runner in demo.not_run:
+        accuracy = f"not run on the demo model ({demo.not_run[runner]})"
+    else:
+        accuracy = "not measured on the demo model"
     others = ", ".join(f"`{c[2]}` {c[1]:.2f}" for c in candidates[1:])
     text = f"`{runner}`: {worst:.2f} (worst task); {accuracy}" + (f" (others: {others})" if others else "")
     return label, text, _met(not inaccurate and worst <= REDUCED_END_TO_END)

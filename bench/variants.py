@@ -132,7 +132,7 @@ def ensure_bundle(checkpoint: Path, out: Path, precision: str, extra: dict[str, 
     from maskserve.export.pipeline import run_export
 
     marker = out / "bench-export.json"
-    wanted = json.loads(json.dumps({"checkpoint": str(checkpoint), "precision": precision, **extra}))
+    wanted = json.loads(json.dumps({"checkpoint": str(checkpoint.resolve()), "precision": precision, **extra}))
     try:
         Bundle.load(out)
         if json.loads(marker.read_text()) == wanted:
