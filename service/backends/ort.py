@@ -15,9 +15,9 @@ The module is named ``ort`` so that it never shadows the ``onnxruntime`` package
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -27,6 +27,9 @@ from maskserve.bundle import INPUTS, RAW_OUTPUTS, TASK_OUTPUTS, Task
 from maskserve.errors import first_line
 from maskserve.service import bilinear, boundary_head
 from maskserve.service.backends.base import BackendError
+
+if TYPE_CHECKING:
+    import onnx.utils
 
 log = logging.getLogger("maskserve")
 
@@ -85,6 +88,21 @@ def _preload_cuda_libraries() -> None:
         log.warning("onnxruntime.preload_dlls failed: %s", exc)
 
 
+def session_options(intra_op_threads: int = 0) -> ort.SessionOptions:
+    """The options of every session: one model call at a time, ``intra_op_threads`` per operator
+    (0: one per physical core)."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.intra_op_num_threads = intra_op_threads
+    # Idle intra-op threads spin by default, waiting for the next operator: on a CPU shared
+    # with the event loop and the decoding workers, that spinning takes the cores they need
+    # (503s that should take milliseconds took hundreds under load). Threads sleep instead.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.inter_op_num_threads = 1
+    return options
+
+
 class OnnxRuntimeBackend:
     name = "onnxruntime"
 
@@ -102,21 +120,12 @@ class OnnxRuntimeBackend:
         chain = provider_chain(provider, ort.get_available_providers())
         if PROVIDERS["cuda"] in chain or PROVIDERS["tensorrt"] in chain:
             _preload_cuda_libraries()
-        self._options = ort.SessionOptions()
-        self._options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self._options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        self._options.intra_op_num_threads = intra_op_threads
-        # Idle intra-op threads spin by default, waiting for the next operator: on a CPU shared
-        # with the event loop and the decoding workers, that spinning takes the cores they need
-        # (503s that should take milliseconds took hundreds under load). Threads sleep instead.
-        self._options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self._options.inter_op_num_threads = 1
+        self._options = session_options(intra_op_threads)
         self._providers = [(name, _provider_options(name, engine_cache, fp16)) for name in chain]
         self.staged = chain[0] == PROVIDERS["cpu"] if staged is None else staged
-        # The host head replaces head sessions only on the CPU, where the logits are on the host.
-        self._host_low: dict[Task, ort.InferenceSession] = {}
         try:
             if self.staged:
+                # The host head replaces head sessions only on the CPU, where the logits are on the host.
                 self._body, self._heads = self._staged_sessions(model_path, host_head and chain[0] == PROVIDERS["cpu"])
                 self.session = self._body
             else:
@@ -132,51 +141,24 @@ class OnnxRuntimeBackend:
             ", ".join(self.session.get_providers()),
             " (staged: body, then per-task heads)" if self.staged else "",
         )
-        self.host_head = bool(self._host_low)
-        if self.host_head:
-            log.info("semantic and panoptic heads run on the host (boundary head)")
+        self.host_head = self.staged and self._heads.host_head
 
     def _session(self, model: str | bytes) -> ort.InferenceSession:
         return ort.InferenceSession(model, sess_options=self._options, providers=self._providers)
 
-    def _staged_sessions(
-        self, model_path: Path, host_head: bool
-    ) -> tuple[ort.InferenceSession, dict[str, ort.InferenceSession]]:
+    def _staged_sessions(self, model_path: Path, host_head: bool) -> tuple[ort.InferenceSession, Heads]:
         import onnx
         import onnx.utils
 
         extractor = onnx.utils.Extractor(onnx.load(str(model_path)))
         # The body takes every graph input: the exporter may read the batch size off any of them.
         body = extractor.extract_model(list(INPUTS), list(RAW_OUTPUTS))
-        heads = {
-            task: extractor.extract_model([*INPUTS, *RAW_OUTPUTS], list(names)) for task, names in TASK_OUTPUTS.items()
-        }
-        low = boundary_head.graph_tensors(heads) if host_head else None
-        if host_head and low is None:
-            log.warning("host head off: this graph's heads are not the ones maskserve.service.boundary_head replicates")
-        elif low is not None:
-            probe, feeds, expected = bilinear.resize_probe()
-            if not np.array_equal(self._session(probe.SerializeToString()).run(None, feeds)[0], expected):
-                log.warning("host head off: this onnxruntime build's Resize rounds differently from boundary_head")
-                low = None
-        if low is not None:
-            # The semantic one also gives the panoptic head's tensors, for a batch that asks for both.
-            self._host_low = {
-                "semantic": self._session(extractor.extract_model(list(RAW_OUTPUTS), list(low)).SerializeToString()),
-                "panoptic": self._session(
-                    extractor.extract_model(list(RAW_OUTPUTS), list(low[:2])).SerializeToString()
-                ),
-            }
-            heads = {task: head for task, head in heads.items() if task not in self._host_low}
+        heads = Heads(extractor, self._session, host_head)
         del extractor
         body_session = self._session(body.SerializeToString())
         del body
-        head_sessions: dict[str, ort.InferenceSession] = {
-            task: self._session(head.SerializeToString()) for task, head in heads.items()
-        }
-        self._inputs_of = {"body": [i.name for i in body_session.get_inputs()]}
-        self._inputs_of |= {task: [i.name for i in head.get_inputs()] for task, head in head_sessions.items()}
-        return body_session, head_sessions
+        self._body_inputs = [i.name for i in body_session.get_inputs()]
+        return body_session, heads
 
     def run(
         self, feeds: Mapping[str, npt.NDArray[np.generic]], outputs: Sequence[str]
@@ -200,8 +182,62 @@ class OnnxRuntimeBackend:
     def _run_staged(
         self, feeds: Mapping[str, npt.NDArray[np.generic]], outputs: Sequence[str]
     ) -> dict[str, npt.NDArray[np.generic]]:
-        body_feeds = {name: feeds[name] for name in self._inputs_of["body"]}
+        body_feeds = {name: feeds[name] for name in self._body_inputs}
         raw = dict(zip(RAW_OUTPUTS, self._body.run(list(RAW_OUTPUTS), body_feeds), strict=True))
+        return self._heads.run(feeds, raw, outputs)
+
+    def close(self) -> None:
+        self.session = None  # type: ignore[assignment]
+        if self.staged:
+            self._body = None  # type: ignore[assignment]
+            self._heads.close()
+
+
+class Heads:
+    """The per-task heads after the body (``class_logits``, ``mask_logits``), in ONNX Runtime.
+
+    Each task's head is its own session, so a batch pays only for the tasks it asked for. With
+    ``host_head``, the semantic and panoptic heads run on the host instead
+    (``maskserve.service.boundary_head``) from 1/4-resolution tensors that small sessions compute
+    (the graph's own Softmax, Sigmoid and Einsum); their outputs equal the head sessions'.
+    """
+
+    def __init__(
+        self, extractor: onnx.utils.Extractor, session: Callable[[str | bytes], ort.InferenceSession], host_head: bool
+    ) -> None:
+        heads = {
+            task: extractor.extract_model([*INPUTS, *RAW_OUTPUTS], list(names)) for task, names in TASK_OUTPUTS.items()
+        }
+        low = boundary_head.graph_tensors(heads) if host_head else None
+        if host_head and low is None:
+            log.warning("host head off: this graph's heads are not the ones maskserve.service.boundary_head replicates")
+        elif low is not None:
+            probe, feeds, expected = bilinear.resize_probe()
+            if not np.array_equal(session(probe.SerializeToString()).run(None, feeds)[0], expected):
+                log.warning("host head off: this onnxruntime build's Resize rounds differently from boundary_head")
+                low = None
+        self._host_low: dict[Task, ort.InferenceSession] = {}
+        if low is not None:
+            # The semantic one also gives the panoptic head's tensors, for a batch that asks for both.
+            self._host_low = {
+                "semantic": session(extractor.extract_model(list(RAW_OUTPUTS), list(low)).SerializeToString()),
+                "panoptic": session(extractor.extract_model(list(RAW_OUTPUTS), list(low[:2])).SerializeToString()),
+            }
+            heads = {task: head for task, head in heads.items() if task not in self._host_low}
+        self._sessions = {task: session(head.SerializeToString()) for task, head in heads.items()}
+        self._inputs_of = {task: [i.name for i in head.get_inputs()] for task, head in self._sessions.items()}
+        self.host_head = bool(self._host_low)
+        if self.host_head:
+            log.info("semantic and panoptic heads run on the host (boundary head)")
+
+    def run(
+        self,
+        feeds: Mapping[str, npt.NDArray[np.generic]],
+        raw: Mapping[str, npt.NDArray[np.generic]],
+        outputs: Sequence[str],
+    ) -> dict[str, npt.NDArray[np.generic]]:
+        """The requested ``outputs`` of a batch, from its graph inputs and its body's raw logits
+        (which are outputs too, when asked for)."""
         results: dict[str, npt.NDArray[np.generic]] = {name: raw[name] for name in outputs if name in raw}
         available = {**feeds, **raw}
         host = [task for task in self._host_low if any(name in outputs for name in TASK_OUTPUTS[task])]
@@ -211,9 +247,8 @@ class OnnxRuntimeBackend:
             wanted = [name for name in names if name in outputs]
             if not wanted or task in self._host_low:
                 continue
-            head = self._heads[task]
             head_feeds = {name: available[name] for name in self._inputs_of[task]}
-            results.update(zip(wanted, head.run(wanted, head_feeds), strict=True))
+            results.update(zip(wanted, self._sessions[task].run(wanted, head_feeds), strict=True))
         return results
 
     def _run_host(
@@ -231,9 +266,24 @@ class OnnxRuntimeBackend:
             out |= boundary_head.panoptic_outputs(low[0], low[1], sizes, *thresholds, canvas)
         return out
 
+    @classmethod
+    def on_cpu(cls, model_path: Path, intra_op_threads: int = 0, host_head: bool = True) -> Heads:
+        """The heads of the bundle's graph on ONNX Runtime's CPU provider, for a body that runs in
+        another runtime (``maskserve.service.backends.ov``); ``BackendError`` if they cannot load."""
+        import onnx
+        import onnx.utils
+
+        options = session_options(intra_op_threads)
+        providers = [PROVIDERS["cpu"]]
+
+        def session(model: str | bytes) -> ort.InferenceSession:
+            return ort.InferenceSession(model, sess_options=options, providers=providers)
+
+        try:
+            return cls(onnx.utils.Extractor(onnx.load(str(model_path))), session, host_head)
+        except Exception as exc:  # ORT and onnx raise their own types; keep one line
+            raise BackendError(f"onnxruntime cannot load the heads of {model_path}: {first_line(exc)}") from exc
+
     def close(self) -> None:
-        self.session = None  # type: ignore[assignment]
-        if self.staged:
-            self._body = None  # type: ignore[assignment]
-            self._heads = {}
-            self._host_low = {}
+        self._sessions = {}
+        self._host_low = {}
