@@ -47,6 +47,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--default-task", choices=get_args(Task))
     parser.add_argument("--name", help="model name reported by the server (default: the checkpoint's name)")
     parser.add_argument("--no-verify", dest="verify", action="store_false", help="skip the check against PyTorch")
+    parser.add_argument(
+        "--verify-images",
+        type=Path,
+        metavar="DIR",
+        help="also verify on the images in DIR, letterboxed as the server does (recommended for a trained model)",
+    )
     parser.add_argument("--force", action="store_true", help="replace an existing output directory")
 
 

@@ -5,7 +5,8 @@ then only the heads of the tasks the batch asked for. ONNX Runtime computes ever
 session whatever outputs are fetched, and the three heads together cost about half as much as
 the body on a CPU (upsampling 100-150 maps to full resolution); on a GPU they are cheap and one
 fused graph is kept, so nothing leaves the device between stages. With ``host_head`` (the
-default), the semantic and panoptic heads run on the host instead
+default), the semantic head and, for images whose masks are upsampled as probabilities (the
+``transformers`` panoptic rule), the panoptic head run on the host instead
 (``maskserve.service.boundary_head``), from the graph's own 1/4-resolution Softmax, Sigmoid and
 Einsum, upsampling only where a decision can change; their outputs equal the head sessions'.
 
@@ -14,6 +15,7 @@ The module is named ``ort`` so that it never shadows the ``onnxruntime`` package
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -141,7 +143,8 @@ class OnnxRuntimeBackend:
             ", ".join(self.session.get_providers()),
             " (staged: body, then per-task heads)" if self.staged else "",
         )
-        self.host_head = self.staged and self._heads.host_head
+        self.host_tasks: tuple[Task, ...] = self._heads.host_tasks if self.staged else ()
+        self.host_head = bool(self.host_tasks)
 
     def _session(self, model: str | bytes) -> ort.InferenceSession:
         return ort.InferenceSession(model, sess_options=self._options, providers=self._providers)
@@ -197,9 +200,9 @@ class Heads:
     """The per-task heads after the body (``class_logits``, ``mask_logits``), in ONNX Runtime.
 
     Each task's head is its own session, so a batch pays only for the tasks it asked for. With
-    ``host_head``, the semantic and panoptic heads run on the host instead
-    (``maskserve.service.boundary_head``) from 1/4-resolution tensors that small sessions compute
-    (the graph's own Softmax, Sigmoid and Einsum); their outputs equal the head sessions'.
+    ``host_head``, the heads ``maskserve.service.boundary_head`` replicates run on the host instead
+    (for the images whose rule it follows) from 1/4-resolution tensors that small sessions
+    compute (the graph's own Softmax, Sigmoid and Einsum); their outputs equal the head sessions'.
     """
 
     def __init__(
@@ -208,63 +211,31 @@ class Heads:
         heads = {
             task: extractor.extract_model([*INPUTS, *RAW_OUTPUTS], list(names)) for task, names in TASK_OUTPUTS.items()
         }
-        low = boundary_head.graph_tensors(heads) if host_head else None
-        if host_head and low is None:
-            log.warning("host head off: this graph's heads are not the ones maskserve.service.boundary_head replicates")
-        elif low is not None:
+        found = boundary_head.graph_tensors(heads) if host_head else boundary_head.HostTensors({})
+        low = found.names
+        if host_head and len(low) < len(boundary_head.HOST_TASKS):
+            missing = [task for task in boundary_head.HOST_TASKS if task not in low]
+            log.warning("%s head stays in ONNX Runtime: not the graph boundary_head replicates", " and ".join(missing))
+        if low:
             probe, feeds, expected = bilinear.resize_probe()
             if not np.array_equal(session(probe.SerializeToString()).run(None, feeds)[0], expected):
                 log.warning("host head off: this onnxruntime build's Resize rounds differently from boundary_head")
-                low = None
-        self._host_low: dict[Task, ort.InferenceSession] = {}
-        if low is not None:
-            # The semantic one also gives the panoptic head's tensors, for a batch that asks for both.
-            self._host_low = {
-                "semantic": session(extractor.extract_model(list(RAW_OUTPUTS), list(low)).SerializeToString()),
-                "panoptic": session(extractor.extract_model(list(RAW_OUTPUTS), list(low[:2])).SerializeToString()),
-            }
-            heads = {task: head for task, head in heads.items() if task not in self._host_low}
+                low = {}
+        self.host_tasks: tuple[Task, ...] = tuple(sorted(low))
+        self._panoptic_orders = found.panoptic_orders
+        # Per set of host tasks (sorted), the session giving their 1/4-resolution tensors in order.
+        self._host_low: dict[tuple[Task, ...], ort.InferenceSession] = {}
+        for size in range(1, len(self.host_tasks) + 1):
+            for tasks in itertools.combinations(self.host_tasks, size):
+                names = [name for task in tasks for name in low[task]]
+                self._host_low[tasks] = session(extractor.extract_model(list(RAW_OUTPUTS), names).SerializeToString())
+        # A head the host follows for only some images keeps its session for the others.
+        only_some = {"panoptic"} if self._panoptic_orders is not None else set()
+        heads = {task: head for task, head in heads.items() if task not in self.host_tasks or task in only_some}
         self._sessions = {task: session(head.SerializeToString()) for task, head in heads.items()}
         self._inputs_of = {task: [i.name for i in head.get_inputs()] for task, head in self._sessions.items()}
-        self.host_head = bool(self._host_low)
-        if self.host_head:
-            log.info("semantic and panoptic heads run on the host (boundary head)")
-
-    def run(
-        self,
-        feeds: Mapping[str, npt.NDArray[np.generic]],
-        raw: Mapping[str, npt.NDArray[np.generic]],
-        outputs: Sequence[str],
-    ) -> dict[str, npt.NDArray[np.generic]]:
-        """The requested ``outputs`` of a batch, from its graph inputs and its body's raw logits
-        (which are outputs too, when asked for)."""
-        results: dict[str, npt.NDArray[np.generic]] = {name: raw[name] for name in outputs if name in raw}
-        available = {**feeds, **raw}
-        host = [task for task in self._host_low if any(name in outputs for name in TASK_OUTPUTS[task])]
-        if host:
-            results.update({k: v for k, v in self._run_host(host, available).items() if k in outputs})
-        for task, names in TASK_OUTPUTS.items():
-            wanted = [name for name in names if name in outputs]
-            if not wanted or task in self._host_low:
-                continue
-            head_feeds = {name: available[name] for name in self._inputs_of[task]}
-            results.update(zip(wanted, self._sessions[task].run(wanted, head_feeds), strict=True))
-        return results
-
-    def _run_host(
-        self, tasks: Sequence[Task], available: Mapping[str, npt.NDArray[np.generic]]
-    ) -> dict[str, npt.NDArray[np.generic]]:
-        session = self._host_low["semantic" if "semantic" in tasks else "panoptic"]
-        low = session.run(None, {name: available[name] for name in RAW_OUTPUTS})
-        canvas = (int(available["pixel_values"].shape[2]), int(available["pixel_values"].shape[3]))
-        sizes = np.asarray(available["image_sizes"])
-        out: dict[str, npt.NDArray[np.generic]] = {}
-        if "semantic" in tasks:
-            out |= boundary_head.semantic_outputs(low[2], sizes, canvas)
-        if "panoptic" in tasks:
-            thresholds = (np.asarray(available["score_threshold"]), np.asarray(available["mask_threshold"]))
-            out |= boundary_head.panoptic_outputs(low[0], low[1], sizes, *thresholds, canvas)
-        return out
+        if self.host_tasks:
+            log.info("%s head(s) run on the host (boundary head)", " and ".join(self.host_tasks))
 
     @classmethod
     def on_cpu(cls, model_path: Path, intra_op_threads: int = 0, host_head: bool = True) -> Heads:
@@ -283,6 +254,52 @@ class Heads:
             return cls(onnx.utils.Extractor(onnx.load(str(model_path))), session, host_head)
         except Exception as exc:  # ORT and onnx raise their own types; keep one line
             raise BackendError(f"onnxruntime cannot load the heads of {model_path}: {first_line(exc)}") from exc
+
+    def run(
+        self,
+        feeds: Mapping[str, npt.NDArray[np.generic]],
+        raw: Mapping[str, npt.NDArray[np.generic]],
+        outputs: Sequence[str],
+    ) -> dict[str, npt.NDArray[np.generic]]:
+        """The requested ``outputs`` of a batch, from its graph inputs and its body's raw logits
+        (which are outputs too, when asked for)."""
+        results: dict[str, npt.NDArray[np.generic]] = {name: raw[name] for name in outputs if name in raw}
+        available = {**feeds, **raw}
+        host = [
+            task
+            for task in self.host_tasks
+            if any(name in outputs for name in TASK_OUTPUTS[task]) and self._host_follows(task, feeds)
+        ]
+        if host:
+            results.update({k: v for k, v in self._run_host(host, available).items() if k in outputs})
+        for task, names in TASK_OUTPUTS.items():
+            wanted = [name for name in names if name in outputs]
+            if not wanted or task in host:
+                continue
+            head_feeds = {name: available[name] for name in self._inputs_of[task]}
+            results.update(zip(wanted, self._sessions[task].run(wanted, head_feeds), strict=True))
+        return results
+
+    def _host_follows(self, task: Task, feeds: Mapping[str, npt.NDArray[np.generic]]) -> bool:
+        """Whether the host head gives this batch's outputs of ``task`` exactly (see ``HostTensors``)."""
+        if task != "panoptic" or self._panoptic_orders is None:
+            return True
+        return bool(np.isin(np.asarray(feeds["panoptic_upsampling"]), list(self._panoptic_orders)).all())
+
+    def _run_host(
+        self, tasks: Sequence[Task], available: Mapping[str, npt.NDArray[np.generic]]
+    ) -> dict[str, npt.NDArray[np.generic]]:
+        low = iter(self._host_low[tuple(sorted(tasks))].run(None, {name: available[name] for name in RAW_OUTPUTS}))
+        canvas = (int(available["pixel_values"].shape[2]), int(available["pixel_values"].shape[3]))
+        sizes = np.asarray(available["image_sizes"])
+        out: dict[str, npt.NDArray[np.generic]] = {}
+        for task in sorted(tasks):  # the session's outputs come in this order
+            if task == "semantic":
+                out |= boundary_head.semantic_outputs(next(low), sizes, canvas)
+            else:
+                thresholds = (np.asarray(available["score_threshold"]), np.asarray(available["mask_threshold"]))
+                out |= boundary_head.panoptic_outputs(next(low), next(low), sizes, *thresholds, canvas)
+        return out
 
     def close(self) -> None:
         self._sessions = {}

@@ -127,7 +127,8 @@ class OpenVinoBackend:
         if not static_shapes:
             self._dynamic = self._compile(self._body)
         self._heads = Heads.on_cpu(model_path, threads, host_head)
-        self.host_head = self._heads.host_head
+        self.host_tasks = self._heads.host_tasks
+        self.host_head = bool(self.host_tasks)
         self.precision = precision
         self.provider = f"CPU ({precision})"
         self.max_batch = max_batch

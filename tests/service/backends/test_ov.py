@@ -13,7 +13,7 @@ import numpy.typing as npt
 import pytest
 import torch
 
-from maskserve.bundle import INPUTS, RAW_OUTPUTS, SERVED_OUTPUTS, TASK_OUTPUTS, Bundle
+from maskserve.bundle import INPUTS, RAW_OUTPUTS, SERVED_OUTPUTS, TASK_OUTPUTS, Bundle, PanopticUpsampling
 from maskserve.export.verify import LIMITS, compare_fused
 from maskserve.model.reference import reference_outputs
 from maskserve.service.backends import BackendError
@@ -27,16 +27,21 @@ from maskserve.service.backends.ov import OpenVinoBackend  # noqa: E402
 
 EVERYTHING = [*RAW_OUTPUTS, *SERVED_OUTPUTS]
 SHAPES = [(1, (128, 128)), (3, (128, 192)), (2, (192, 128))]
+# Per shape above, panoptic_upsampling: logits first (the panoptic head session), mixed, and
+# probabilities first (the host head) for every image.
+UPSAMPLING = [[PanopticUpsampling.LOGITS], [0, 1, 0], [PanopticUpsampling.PROBABILITIES] * 2]
 Outputs = dict[str, npt.NDArray[Any]]
 
 
-def _feeds(batch: int, canvas: tuple[int, int], seed: int) -> dict[str, npt.NDArray[Any]]:
+def _feeds(
+    batch: int, canvas: tuple[int, int], seed: int, upsampling: Any = PanopticUpsampling.LOGITS
+) -> dict[str, npt.NDArray[Any]]:
     """Noise canvases letterboxed to sizes that are not multiples of 4, per-image thresholds: the
     feeds ``Segmenter.forward`` builds (``graph_feeds``), whatever inputs the graph has."""
     rng = np.random.default_rng(seed)
     sizes = [(canvas[0] - 8 * i - 3, canvas[1] - 4 * i - 1) for i in range(batch)]
     pixels = rng.standard_normal((batch, 3, *canvas)).astype(np.float32)
-    return graph_feeds(pixels, sizes, np.linspace(0.0, 0.4, batch), 0.5)
+    return graph_feeds(pixels, sizes, np.linspace(0.0, 0.4, batch), 0.5, upsampling)
 
 
 def _tie_aware_failures(got: Outputs, reference_logits: Outputs, feeds: dict[str, Any], case: str) -> list[str]:
@@ -57,9 +62,9 @@ def test_fp32_answers_equal_onnxruntime_except_ties(bundle_factory, backbone: st
     path = Bundle.load(bundle_factory(backbone)).model_path
     openvino = OpenVinoBackend(path, max_batch=8)
     onnxruntime = OnnxRuntimeBackend(path, max_batch=8, provider="cpu")
-    assert openvino.host_head
-    for batch, canvas in SHAPES:
-        feeds = _feeds(batch, canvas, seed=batch + canvas[0])
+    assert openvino.host_tasks == onnxruntime.host_tasks == ("panoptic", "semantic")
+    for (batch, canvas), upsampling in zip(SHAPES, UPSAMPLING, strict=True):
+        feeds = _feeds(batch, canvas, seed=batch + canvas[0], upsampling=upsampling)
         got, expected = openvino.run(feeds, EVERYTHING), onnxruntime.run(feeds, EVERYTHING)
         assert sorted(got) == sorted(EVERYTHING)
         for name in EVERYTHING:
