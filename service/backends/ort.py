@@ -268,7 +268,7 @@ class Heads:
         host = [
             task
             for task in self.host_tasks
-            if any(name in outputs for name in TASK_OUTPUTS[task]) and self._host_follows(task, feeds)
+            if any(name in outputs for name in TASK_OUTPUTS[task]) and self.host_follows(task, feeds)
         ]
         if host:
             results.update({k: v for k, v in self._run_host(host, available).items() if k in outputs})
@@ -280,7 +280,7 @@ class Heads:
             results.update(zip(wanted, self._sessions[task].run(wanted, head_feeds), strict=True))
         return results
 
-    def _host_follows(self, task: Task, feeds: Mapping[str, npt.NDArray[np.generic]]) -> bool:
+    def host_follows(self, task: Task, feeds: Mapping[str, npt.NDArray[np.generic]]) -> bool:
         """Whether the host head gives this batch's outputs of ``task`` exactly (see ``HostTensors``)."""
         if task != "panoptic" or self._panoptic_orders is None:
             return True

@@ -89,7 +89,7 @@ def test_host_head_equals_head_sessions_and_fused(bundle_factory, backbone: str)
         feeds = _feeds(batch, canvas, seed=batch + canvas[0])
         if order is not None:
             feeds["panoptic_upsampling"][:] = order
-        assert host._host_follows("panoptic", feeds) == (order == probabilities)
+        assert host._heads.host_follows("panoptic", feeds) == (order == probabilities)
         feeds["image_sizes"] -= np.array([3, 1])  # letterboxed to sizes that are not multiples of 4
         feeds["score_threshold"][0] = 0.0
         a, b, c = host.run(feeds, outputs), sessions.run(feeds, outputs), fused.run(feeds, outputs)
