@@ -44,6 +44,9 @@ def _scene_png(side: int) -> bytes:
 
 def measure(bundle: Path, backend: str, image: bytes, canvas: tuple[int, int], args: argparse.Namespace) -> Measured:
     """Per concurrency level, its load result and mean batch size; the bare images/s per batch size."""
+    # The bare backend before and after the service, half the time each: a shared machine's load
+    # drifts, and the service levels are compared with the mean.
+    halves = [_bare(bundle, backend, canvas, args, "before")]
     levels: list[tuple[LoadResult, float]] = []
     with server(bundle, args.max_batch, canvas, backend) as url:
         for concurrency in args.concurrency:
@@ -58,11 +61,16 @@ def measure(bundle: Path, backend: str, image: bytes, canvas: tuple[int, int], a
                 f"model call {result.stage('inference'):.3f} s",
                 file=sys.stderr,
             )
-    bare = {}
+    halves.append(_bare(bundle, backend, canvas, args, "after"))
+    return levels, {batch: (halves[0][batch] + halves[1][batch]) / 2 for batch in halves[0]}
+
+
+def _bare(bundle: Path, backend: str, canvas: tuple[int, int], args: argparse.Namespace, when: str) -> dict[int, float]:
+    rates = {}
     for batch in range(1, args.max_batch + 1):
-        bare[batch] = bare_throughput(bundle, batch, canvas, "panoptic", args.bare_seconds, backend)
-        print(f"  {backend} bare b={batch}: {bare[batch]:.2f} img/s", file=sys.stderr)
-    return levels, bare
+        rates[batch] = bare_throughput(bundle, batch, canvas, "panoptic", args.bare_seconds / 2, backend)
+        print(f"  {backend} bare b={batch} ({when}): {rates[batch]:.2f} img/s", file=sys.stderr)
+    return rates
 
 
 Measured = tuple[list[tuple[LoadResult, float]], dict[int, float]]
@@ -75,7 +83,8 @@ def render(results: dict[str, Measured], args: argparse.Namespace) -> str:
         f"average {os.getloadavg()[0]:.1f} at the end.",
         "",
         "Bare: `Backend.run` alone on prepared feeds, in a fresh process, at the batch size the service formed "
-        "(interpolated between the measured sizes). Model call: the median `inference` timing of the answers "
+        "(interpolated between the measured sizes; the mean of runs before and after the service). "
+        "Model call: the median `inference` timing of the answers "
         "(their batch's model call) against the bare call at that batch.",
         "",
         "| backend | concurrency | service img/s | p50 s | p95 s | mean batch | bare img/s | service / bare "

@@ -73,9 +73,9 @@ class Settings(BaseSettings):
     backend: Literal["auto", "onnxruntime", "openvino", "tensorrt"] = Field(
         "auto",
         description="Runtime. `auto` picks native TensorRT when its engine and a GPU are present, else OpenVINO "
-        "on a CPU where it is installed (`maskserve[cpu,openvino]`; fp32 and bf16 bundles: it is as fast as ONNX "
-        "Runtime in fp32, keeps its speed when the CPU is shared, and is the only CPU runtime here for bf16), "
-        "else ONNX Runtime. Pin it to make a deployment fail loudly instead of falling back.",
+        "for a bf16 bundle on a CPU where it is installed (`maskserve[cpu,openvino]`: the only CPU runtime here "
+        "with bf16 kernels), else ONNX Runtime. Pin `openvino` to run fp32 bundles there too (5% faster on the "
+        "Swin-T body here, docs/cpu-runtimes.md). Pin it to make a deployment fail loudly instead of falling back.",
     )
     provider: Literal["auto", "tensorrt", "cuda", "cpu"] = Field(
         "auto",

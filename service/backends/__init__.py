@@ -55,10 +55,12 @@ def onnxruntime_problem() -> str | None:
 
 OPENVINO_MISSING = "backend 'openvino' needs the openvino package: pip install 'maskserve[cpu,openvino]'"
 # The precisions of bundle.json for which ``auto`` takes OpenVINO on a CPU, from
-# ``python -m bench.cpu_runtimes`` (docs/cpu-runtimes.md): bf16 runs only there (ONNX Runtime has
-# no bf16 CPU kernels), and in float32 OpenVINO matched ONNX Runtime on a quiet CPU and kept its
-# speed under contention where ONNX Runtime lost it.
-OPENVINO_WINS = frozenset({"fp32", "bf16"})
+# ``python -m bench.cpu_runtimes`` (docs/cpu-runtimes.md): bf16, where it runs the Swin-T/ADE body
+# in about half the time of ONNX Runtime's float32 (which has no bf16 CPU kernels). In float32 it
+# was 5% faster, quiet and contended alike (ONNX Runtime no longer spins: ``ort.session_options``),
+# under the 15% that would pay for changing every CPU deployment's runtime; on dynamic int8
+# bundles (``MatMulInteger``) it was 1.4x slower.
+OPENVINO_WINS = frozenset({"bf16"})
 
 
 @cache

@@ -3,9 +3,9 @@ exactly as on the ONNX Runtime CPU path (``ort.Heads``: the host head for semant
 panoptic, a small session for instance).
 
 OpenVINO reads the bundle's ONNX graph directly. On this project's 2-core AVX-512 CPU it ran the
-Swin-T/ADE body as fast as ONNX Runtime in float32 and about twice as fast in bf16, and it kept
-its speed under CPU contention where ONNX Runtime lost it (docs/cpu-runtimes.md, from
-``python -m bench.cpu_runtimes``). Only the body changes runtime: given the same logits, the
+Swin-T/ADE body 5% faster than ONNX Runtime in float32 and in about half the time at bf16, which
+ONNX Runtime cannot compute on x86 (docs/cpu-runtimes.md, from ``python -m bench.cpu_runtimes``);
+``auto`` takes it for bf16 bundles. Only the body changes runtime: given the same logits, the
 answers are ONNX Runtime's bit for bit, and the reductions after the logits stay float32 in
 every precision.
 
@@ -14,8 +14,9 @@ Precision: the CPU plugin's default inference precision is bf16 on CPUs with AVX
 the bundle is a bf16 bundle (the float32 graph with ``"precision": "bf16"``).
 
 Shapes: the body is compiled once per (batch, canvas) shape, static, on first use (the server's
-warm-up compiles them all before it turns ready): on the Swin-T/ADE body that was as fast as one
-dynamic-shape compilation in float32 and faster in bf16 (docs/cpu-runtimes.md).
+warm-up compiles them all before it turns ready, about a second each for Swin-T): on the
+Swin-T/ADE body that ran 4% faster than one dynamic-shape model in float32 and 11% in bf16
+(docs/cpu-runtimes.md).
 
 The module is named ``ov`` so that it never shadows the ``openvino`` package it wraps.
 """

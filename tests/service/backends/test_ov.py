@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import numpy.typing as npt
 import pytest
@@ -19,6 +20,10 @@ from maskserve.model.reference import reference_outputs
 from maskserve.service.backends import BackendError
 from maskserve.service.backends.base import graph_feeds
 from maskserve.service.backends.ort import OnnxRuntimeBackend
+from maskserve.service.engines import segment_ious
+from maskserve.service.result import Segment
+from maskserve.service.segmenter import Segmenter
+from tests.service.server import server_process
 
 # CI installs openvino (scripts/bootstrap.sh test); only a machine without it skips these.
 ov = pytest.importorskip("openvino")
@@ -26,6 +31,8 @@ ov = pytest.importorskip("openvino")
 from maskserve.service.backends.ov import OpenVinoBackend  # noqa: E402
 
 EVERYTHING = [*RAW_OUTPUTS, *SERVED_OUTPUTS]
+EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
+TASKS = ("panoptic", "instance", "semantic")
 SHAPES = [(1, (128, 128)), (3, (128, 192)), (2, (192, 128))]
 # Per shape above, panoptic_upsampling: logits first (the panoptic head session), mixed, and
 # probabilities first (the host head) for every image.
@@ -146,3 +153,35 @@ def test_unreadable_graph_is_one_line(tmp_path: Path) -> None:
     with pytest.raises(BackendError, match="openvino cannot read") as raised:
         OpenVinoBackend(bad, max_batch=1)
     assert "\n" not in str(raised.value)
+
+
+def test_server_on_openvino_answers_as_onnxruntime(demo_bundle_dir: Path) -> None:
+    """``MASKSERVE_BACKEND=openvino maskserve serve``: a real uvicorn answers every task on the
+    demo model's scenes with ONNX Runtime's segments (same labels, masks within IoU 0.999: a
+    trained model's scenes have no ties to speak of), and says which backend it runs."""
+    scenes = [EXAMPLES / f"scene-{i}.png" for i in (1, 2)]
+    with (
+        server_process(demo_bundle_dir, env={"MASKSERVE_BACKEND": "openvino"}) as (url, _),
+        httpx.Client(base_url=url, timeout=60) as client,
+    ):
+        model = client.get("/v1/model").json()
+        assert (model["backend"], model["provider"]) == ("openvino", "CPU (f32)")
+        assert 'maskserve_model_info{backend="openvino"' in client.get("/metrics").text
+        answers = {
+            (scene.name, task): client.post(
+                "/v1/segment", params={"task": task}, files={"image": (scene.name, scene.read_bytes())}
+            )
+            for scene in scenes
+            for task in TASKS
+        }
+    with Segmenter.load(demo_bundle_dir, backend="onnxruntime") as reference:
+        for (name, task), response in answers.items():
+            assert response.status_code == 200, response.text
+            got = [Segment(**segment) for segment in response.json()["segments"]]
+            expected = reference.segment(EXAMPLES / name, task).segments
+            assert got, (name, task)
+            assert [s.label_id for s in got] == [s.label_id for s in expected], (name, task)
+            assert min(segment_ious(got, expected)) >= 0.999, (name, task)
+            for ours, theirs in zip(got, expected, strict=True):
+                if theirs.score is not None:  # semantic segments have none
+                    assert ours.score is not None and abs(ours.score - theirs.score) <= 1e-5, (name, task)
