@@ -53,11 +53,14 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def server(bundle: Path, max_batch: int, canvas: tuple[int, int], backend: str = "onnxruntime") -> Iterator[str]:
+def server(
+    bundle: Path, max_batch: int, canvas: tuple[int, int], backend: str = "onnxruntime", worker_nice: int = 0
+) -> Iterator[str]:
     port = _free_port()
     env = {
         **os.environ,
         "MASKSERVE_BACKEND": backend,
+        "MASKSERVE_WORKER_NICE": str(worker_nice),
         "MASKSERVE_PORT": str(port),
         "MASKSERVE_MAX_BATCH_SIZE": str(max_batch),
         "MASKSERVE_CANVASES": f"{canvas[0]}x{canvas[1]}",

@@ -43,20 +43,22 @@ def _scene_png(side: int) -> bytes:
 
 
 def measure(bundle: Path, backend: str, image: bytes, canvas: tuple[int, int], args: argparse.Namespace) -> Measured:
-    """Per concurrency level, its load result and mean batch size; the bare images/s per batch size."""
+    """Per (concurrency level, worker niceness), its load result and mean batch size; the bare
+    images/s per batch size. A fresh server per level: the niceness is a start-up setting, and
+    levels run alternately across nicenesses."""
     # The bare backend before and after the service, half the time each: a shared machine's load
     # drifts, and the service levels are compared with the mean.
     halves = [_bare(bundle, backend, canvas, args, "before")]
-    levels: list[tuple[LoadResult, float]] = []
-    with server(bundle, args.max_batch, canvas, backend) as url:
-        for concurrency in args.concurrency:
+    levels: list[tuple[int, LoadResult, float]] = []
+    for nice, concurrency in [(nice, c) for c in args.concurrency for nice in args.worker_nice]:
+        with server(bundle, args.max_batch, canvas, backend, nice) as url:
             batches, images = _counter(url, "maskserve_batches_total"), _counter(url, "maskserve_inferences_total")
             result = load(url, image, "panoptic", concurrency, args.seconds)
             batches = _counter(url, "maskserve_batches_total") - batches
             mean_batch = (_counter(url, "maskserve_inferences_total") - images) / max(batches, 1)
-            levels.append((result, mean_batch))
+            levels.append((nice, result, mean_batch))
             print(
-                f"  {backend} service c={concurrency}: {result.throughput:.2f} img/s, "
+                f"  {backend} nice {nice} service c={concurrency}: {result.throughput:.2f} img/s, "
                 f"p50 {result.percentile(50):.3f} s, batch {mean_batch:.2f}, "
                 f"model call {result.stage('inference'):.3f} s",
                 file=sys.stderr,
@@ -73,13 +75,14 @@ def _bare(bundle: Path, backend: str, canvas: tuple[int, int], args: argparse.Na
     return rates
 
 
-Measured = tuple[list[tuple[LoadResult, float]], dict[int, float]]
+Measured = tuple[list[tuple[int, LoadResult, float]], dict[int, float]]
 
 
 def render(results: dict[str, Measured], args: argparse.Namespace) -> str:
     lines = [
         f"`python -m bench.service_load` on {machine.machine_line()}; {args.model}, {args.side}x{args.side} PNG, "
-        f"panoptic, MASKSERVE_MAX_BATCH_SIZE={args.max_batch}, {args.seconds:.0f} s per level; 1-minute load "
+        f"panoptic, MASKSERVE_MAX_BATCH_SIZE={args.max_batch}, "
+        f"{args.seconds:.0f} s per level; 1-minute load "
         f"average {os.getloadavg()[0]:.1f} at the end.",
         "",
         "Bare: `Backend.run` alone on prepared feeds, in a fresh process, at the batch size the service formed "
@@ -87,12 +90,12 @@ def render(results: dict[str, Measured], args: argparse.Namespace) -> str:
         "Model call: the median `inference` timing of the answers "
         "(their batch's model call) against the bare call at that batch.",
         "",
-        "| backend | concurrency | service img/s | p50 s | p95 s | mean batch | bare img/s | service / bare "
-        "| model call in service s | bare call s | in service / bare |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| backend | worker nice | concurrency | service img/s | p50 s | p95 s | mean batch | bare img/s "
+        "| service / bare | model call in service s | bare call s | in service / bare |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for backend, (levels, bare) in results.items():
-        for result, batch in levels:
+        for nice, result, batch in levels:
             low = max(1, min(int(batch), args.max_batch))
             high = min(low + 1, args.max_batch)
             weight = min(max(batch - low, 0.0), 1.0)
@@ -100,7 +103,7 @@ def render(results: dict[str, Measured], args: argparse.Namespace) -> str:
             bare_call = batch / bare_rate
             call = result.stage("inference")
             lines.append(
-                f"| {backend} | {result.concurrency} | {result.throughput:.2f} | {result.percentile(50):.3f} "
+                f"| {backend} | {nice} | {result.concurrency} | {result.throughput:.2f} | {result.percentile(50):.3f} "
                 f"| {result.percentile(95):.3f} | {batch:.2f} | {bare_rate:.2f} "
                 f"| **{result.throughput / bare_rate:.2f}** | {call:.3f} | {bare_call:.3f} "
                 f"| **{call / bare_call:.2f}** |"
@@ -122,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=30.0, help="duration of each load level")
     parser.add_argument("--bare-seconds", type=float, default=10.0, help="duration of each bare batch size")
     parser.add_argument("--max-batch", type=int, default=4)
+    parser.add_argument(
+        "--worker-nice", type=int, nargs="+", default=[0, 10], help="MASKSERVE_WORKER_NICE values to compare"
+    )
     parser.add_argument("--out", type=Path, help="also write the markdown table here")
     args = parser.parse_args(argv)
     if args.bundle:

@@ -172,6 +172,14 @@ class Settings(BaseSettings):
         le=64,
         description="Threads for decoding, preprocessing, post-processing and RLE, off the event loop.",
     )
+    worker_nice: int = Field(
+        0,
+        ge=0,
+        le=19,
+        description="How much lower those threads' scheduling priority is than the model call's (Linux niceness, "
+        "per thread): under load the model's threads get the cores first and decoding and post-processing the "
+        "rest, instead of slowing every model call down. 0 treats them alike.",
+    )
 
     # --- limits ------------------------------------------------------------------------------
     max_body_bytes: int = Field(

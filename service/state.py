@@ -111,7 +111,7 @@ class ServerState:
         self.max_batch = settings.max_batch_size
         self.panoptic_rule = PanopticRule(settings.panoptic_rule)
         self.metrics = Metrics()
-        self.pool = WorkerPool(settings.workers)
+        self.pool = WorkerPool(settings.workers, nice=settings.worker_nice)
         self.state = State.LOADING
         self.failure: str | None = None
         self.segmenter: Segmenter | None = None
