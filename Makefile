@@ -1,5 +1,5 @@
 # The two commands a fresh machine needs. Each does its own set-up.
-.PHONY: serve test
+.PHONY: serve test soak
 
 serve:
 	scripts/bootstrap.sh serve
@@ -8,3 +8,8 @@ serve:
 test:
 	scripts/bootstrap.sh test
 	scripts/test.sh $(ARGS)
+
+# The reliability scenarios at full size (about 10 minutes), written to docs/reliability.md.
+soak:
+	scripts/bootstrap.sh test
+	.venv/bin/python -m tests.reliability.soak $(ARGS)

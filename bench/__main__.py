@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
 import sys
 import time
 from datetime import UTC, datetime
@@ -18,6 +19,9 @@ from typing import NamedTuple
 from PIL import Image
 
 from bench import machine
+from bench.formats import FormatsSection, splice
+from bench.formats import measure as measure_formats
+from bench.formats import render as render_formats
 from bench.model_level import TASKS, MaskserveRunner, Timing, TransformersRunner, canvas_for, measure
 from bench.report import ModelSection, Report, ServiceSection
 from bench.service_level import bare_throughput, load, server
@@ -86,6 +90,36 @@ def _service_section(bundle: str, side: int, args: argparse.Namespace) -> Servic
         section.bare[batch] = bare_throughput(Path(bundle), batch, canvas, "panoptic", args.seconds)
         print(f"  bare backend b={batch}: {section.bare[batch]:.2f} img/s", file=sys.stderr)
     return section
+
+
+def _formats_only(args: argparse.Namespace) -> int:
+    """Re-measure the output formats into an existing report: the model and service sections
+    take ten minutes of an idle machine, the formats one."""
+    started = time.perf_counter()
+    demo = ROOT / "maskserve" / "assets" / "shapes"
+    bundle = Path(args.bundle) if args.bundle else demo
+    name = "given" if args.bundle else "demo (shapes, trained)"
+    section = _formats_section([BenchModel(name, "", str(bundle), 0, {})], args)
+    command = "python -m bench --formats-only" + (" --quick" if args.quick else "")
+    when = datetime.now(UTC).strftime("%Y-%m-%d")
+    section.provenance = (
+        f"Measured apart from the sections above, by `{command}` on {when} ({machine.machine_line()}), "
+        f"in {time.perf_counter() - started:.0f} s, at a 1-minute load average of {os.getloadavg()[0]:.1f} "
+        f"on {os.cpu_count()} cores."
+    )
+    report = args.out.read_text() if args.out.is_file() else "# Benchmarks\n"
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(splice(report, render_formats(section)))
+    print(f"wrote the output formats into {args.out}", file=sys.stderr)
+    return 0
+
+
+def _formats_section(models: list[BenchModel], args: argparse.Namespace) -> FormatsSection:
+    """The formats on the trained demo model (real masks) at 4K; ``--quick``: the first model, small."""
+    chosen = next((model for model in models if model.name.startswith("demo")), models[0])
+    if args.quick:
+        return measure_formats(Path(chosen.bundle), 2, ("panoptic",), size=(216, 384))
+    return measure_formats(Path(chosen.bundle), args.repeats, TASKS)
 
 
 class BenchModel(NamedTuple):
@@ -164,6 +198,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=30.0, help="duration of each service load level")
     parser.add_argument("--max-batch", type=int, default=4)
+    parser.add_argument(
+        "--formats-only",
+        action="store_true",
+        help="measure only the output formats and replace their section in --out, keeping the rest",
+    )
     args = parser.parse_args(argv)
     args.sizes = SIZES if not args.quick else ((96, 128),)
     args.batches = (1, 4) if not args.quick else (1, 2)
@@ -171,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.repeats, args.seconds, args.max_batch = 2, min(args.seconds, 2.0), 2
 
+    if args.formats_only:
+        return _formats_only(args)
     started = time.perf_counter()
     print("measuring the GEMM peak", file=sys.stderr)
     report = Report(
@@ -191,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"service level: {main_model.name}", file=sys.stderr)
     report.service = _service_section(main_model.bundle, main_model.side, args)
     report.service.model = main_model.name
+    print("output formats", file=sys.stderr)
+    report.formats = _formats_section(models, args)
     report.seconds = time.perf_counter() - started
     changes = ROOT / "bench" / "changes.md"
     text = report.render(changes.read_text() if changes.is_file() and not args.quick else "")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from bench import formats
 from bench.model_level import STAGES, Timing
 from bench.service_level import LoadResult
 
@@ -50,6 +51,7 @@ class Report:
     command: str
     models: list[ModelSection] = field(default_factory=list)
     service: ServiceSection | None = None
+    formats: formats.FormatsSection | None = None
     seconds: float = 0.0
 
     def render(self, changes: str) -> str:
@@ -73,6 +75,8 @@ class Report:
             lines += self._model_table(section)
         if self.service is not None:
             lines += self._service_table(self.service)
+        if self.formats is not None:
+            lines += formats.render(self.formats)
         if changes:
             lines += ["", changes.strip(), ""]
         return "\n".join(lines) + "\n"

@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("maskserve.export.cli", "turn a MaskFormer checkpoint into a verified ONNX bundle"),
     "serve": ("maskserve.service.cli", "serve a bundle over HTTP"),
     "build-engine": ("maskserve.service.engine_cli", "build, verify and cache a TensorRT engine for a bundle"),
+    "segment": ("maskserve.service.segment_cli", "segment images in-process or on a server into JSON (and pictures)"),
 }
 
 

@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# Debian packages that the tests run for real. Skipped when already present.
+# Debian packages that the tests run for real: Prometheus (tests/service/test_prometheus_live.py)
+# and headless Chromium with its WebDriver (tests/service/page/). Skipped when already present.
 set -euo pipefail
 
 missing=()
 command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
 if [[ ${#missing[@]} -eq 0 ]]; then
   exit 0
 fi

@@ -2,32 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from starlette.datastructures import UploadFile
-from starlette.formparsers import MultiPartException, MultiPartParser
 
 from maskserve.bundle import Task
-from maskserve.service import pipeline
-from maskserve.service.errors import (
-    ERROR_TABLE,
-    EmptyBody,
-    InvalidRequest,
-    PayloadTooLarge,
-    UnsupportedMediaType,
-    error_body,
-)
+from maskserve.service import pipeline, uploads
+from maskserve.service.errors import InvalidRequest, error_body
+from maskserve.service.formats import RESPONSE_TYPES, OutputFormat, Rendering, negotiate
+from maskserve.service.openapi import error_responses
 from maskserve.service.schemas import ErrorResponse, HealthResponse, LabelOut, ModelResponse, SegmentResponse
 from maskserve.service.state import SHUTTING_DOWN, ServerState, State
 
 router = APIRouter()
 SEGMENT_PATH = "/v1/segment"
-IMAGE_FIELD = "image"
-RAW_TYPES = ("application/octet-stream",)
+IMAGE_FIELD = uploads.IMAGE_FIELD
 
 
 def get_state(request: Request) -> ServerState:
@@ -38,19 +29,21 @@ def get_state(request: Request) -> ServerState:
 StateDep = Annotated[ServerState, Depends(get_state)]
 
 
-def _error_responses() -> dict[int | str, dict[str, Any]]:
-    """OpenAPI responses from the error table: one entry per status, naming every error type
-    that answers with it."""
-    types: dict[int, list[str]] = {}
-    for status, error_type, _ in ERROR_TABLE.values():
-        types.setdefault(status, []).append(error_type)
-    return {
-        status: {"model": ErrorResponse, "description": "error.type: " + ", ".join(f"`{t}`" for t in names)}
-        for status, names in sorted(types.items())
+_ERRORS = error_responses(ErrorResponse)
+_BINARY = {"type": "string", "format": "binary"}
+# The other formats' answers (the JSON one is SegmentResponse, from response_model).
+_FORMATS: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "the segments; `format=` or `Accept` chooses the representation (see the README)",
+        "content": {
+            # +json types are JSON documents (the polygons one has SegmentResponse's fields, with
+            # polygons for masks); the rest are binary (pictures, form data).
+            media_type: {"schema": {"type": "object"} if media_type.endswith("+json") else _BINARY}
+            for media_type in dict.fromkeys(RESPONSE_TYPES.values())
+            if media_type != "application/json"
+        },
     }
-
-
-_ERRORS = _error_responses()
+}
 _BODY = {
     "requestBody": {
         "required": True,
@@ -62,7 +55,7 @@ _BODY = {
                     "properties": {IMAGE_FIELD: {"type": "string", "format": "binary"}},
                 }
             },
-            "image/*": {"schema": {"type": "string", "format": "binary"}},
+            **{media_type: {"schema": {"type": "string", "format": "binary"}} for media_type in uploads.IMAGE_TYPES},
         },
     }
 }
@@ -71,7 +64,7 @@ _BODY = {
 @router.post(
     SEGMENT_PATH,
     response_model=SegmentResponse,
-    responses=_ERRORS,
+    responses={**_ERRORS, **_FORMATS},
     openapi_extra=_BODY,
     summary="Segment one image",
     description="Send the image as multipart field `image`, or as the raw body with `Content-Type: image/*` "
@@ -84,21 +77,36 @@ async def segment(
     threshold: Annotated[float | None, Query(ge=0, le=1, description="minimum segment score")] = None,
     mask_threshold: Annotated[float | None, Query(ge=0, le=1, description="mask probability cut-off")] = None,
     overlap_threshold: Annotated[float | None, Query(ge=0, le=1, description="panoptic overlap test")] = None,
-    label_ids: Annotated[list[str] | None, Query(description="only these label ids (repeat or comma-separate)")] = None,
+    label_ids: Annotated[
+        list[str] | None,  # documented as integers by service/openapi.py
+        Query(description="only these label ids (repeat the parameter, or comma-separate: `0,2`)"),
+    ] = None,
     min_area: Annotated[int, Query(ge=0, description="drop segments smaller than this many pixels")] = 0,
+    format: Annotated[OutputFormat | None, Query(description="output format; default: from Accept, else json")] = None,
 ) -> Response:
     request.state.task = task or server.bundle.manifest.default_task  # the request-duration metric's label
-    arrival = request.state.arrival
-    async with server.admit() as serving:
-        params = serving.segmenter.params(
-            task, threshold, mask_threshold, overlap_threshold, _label_ids(label_ids), min_area
-        )
-        data = await _image_bytes(request, serving.settings.max_body_bytes)
-        try:
-            body = await pipeline.segment(serving, data, params, arrival, lambda: _disconnected(request))
-        except pipeline.ClientGone:
-            return Response(status_code=499)  # nginx's "client closed request"; nobody reads it
-    return Response(body, media_type="application/json")
+    deadline = request.state.arrival + server.settings.request_timeout_s
+    output = negotiate(format, request.headers.get("accept"))
+    server.check_open()
+    assert server.segmenter is not None
+    params = server.segmenter.params(
+        task, threshold, mask_threshold, overlap_threshold, _label_ids(label_ids), min_area
+    )
+    kind = uploads.check_before_reading(request, server.settings.max_body_bytes)
+    try:
+        with server.hold_body(uploads.declared_length(request)) as held:
+            timeout_s = server.settings.body_timeout_s
+            data = await uploads.read_image(request, kind, held.limit, timeout_s, deadline, server.guard)
+            # Only the overlays draw on the upload; for the rest the upload owns the bytes alone.
+            picture = data if output in (OutputFormat.OVERLAY, OutputFormat.OVERLAY_JPEG) else None
+            render = Rendering(output, server.segmenter.manifest, picture, server.settings.max_image_pixels)
+            upload, data = pipeline.Upload(data, held.release), b""
+            async with server.admit() as serving:
+                gone = lambda: uploads.disconnected(request)  # noqa: E731
+                body = await pipeline.segment(serving, upload, params, deadline, gone, render)
+    except uploads.ClientGone:
+        return Response(status_code=499)  # nginx's "client closed request"; nobody reads it
+    return Response(body, media_type=render.media_type, headers=render.headers)
 
 
 def _label_ids(values: list[str] | None) -> list[int] | None:
@@ -109,59 +117,6 @@ def _label_ids(values: list[str] | None) -> list[int] | None:
         return [int(part) for item in values for part in item.split(",") if part.strip()]
     except ValueError as exc:
         raise InvalidRequest(f"label_ids must be integers: {values}") from exc
-
-
-async def _read_limited(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"the body is {declared} bytes; the limit is {limit}", headers={"Connection": "close"})
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"the body exceeds the limit of {limit} bytes", headers={"Connection": "close"})
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-async def _image_bytes(request: Request, limit: int) -> bytes:
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type == "multipart/form-data":
-        body = await _read_limited(request, limit)
-
-        async def replay() -> AsyncGenerator[bytes, None]:
-            yield body
-
-        try:
-            form = await MultiPartParser(request.headers, replay(), max_files=4, max_fields=32).parse()
-        except MultiPartException as exc:
-            raise InvalidRequest(f"malformed multipart body: {exc.message}") from exc
-        upload = form.get(IMAGE_FIELD)
-        if not isinstance(upload, UploadFile):
-            fields = ", ".join(sorted(form.keys())) or "none"
-            raise InvalidRequest(f"multipart field '{IMAGE_FIELD}' (a file) is missing; got fields: {fields}")
-        data = await upload.read()
-        await form.close()
-    elif content_type.startswith("image/") or content_type in RAW_TYPES:
-        data = await _read_limited(request, limit)
-    else:
-        shown = content_type or "none"
-        raise UnsupportedMediaType(
-            f"content type {shown} is not accepted: send multipart/form-data with field '{IMAGE_FIELD}', "
-            "or the raw image with Content-Type image/*"
-        )
-    if not data:
-        raise EmptyBody("the request has no image data")
-    return data
-
-
-async def _disconnected(request: Request) -> None:
-    """Completes when the client goes away. The body is already read, so the next ASGI
-    message can only be ``http.disconnect``."""
-    while True:
-        message = await request.receive()
-        if message["type"] == "http.disconnect":
-            return
 
 
 @router.get("/v1/model", response_model=ModelResponse, summary="The served model and runtime")
@@ -191,25 +146,34 @@ async def model_info(server: StateDep) -> ModelResponse:
 _PROBE: dict[str, Any] = {"response_model": HealthResponse, "responses": {503: {"model": ErrorResponse}}}
 
 
-@router.get("/healthz", summary="Liveness: the process answers", **_PROBE)
-@router.get("/v2/health/live", summary="Liveness (the KServe/Triton path)", **_PROBE)
-async def live(server: StateDep) -> JSONResponse:
-    if server.state is State.FAILED:
-        return JSONResponse(error_body("failed", f"model failed to load: {server.failure}"), status_code=503)
-    return JSONResponse({"status": "ok"})
+def not_live(server: ServerState) -> str | None:
+    """Why liveness fails (503), or None. The Open Inference Protocol's ``/v2/health/live`` answers the same."""
+    return f"model failed to load: {server.failure}" if server.state is State.FAILED else None
 
 
-@router.get("/readyz", summary="Readiness: loaded, warmed, not draining", **_PROBE)
-@router.get("/v2/health/ready", summary="Readiness (the KServe/Triton path)", **_PROBE)
-async def ready(server: StateDep) -> JSONResponse:
+def not_ready(server: ServerState) -> str | None:
+    """Why readiness fails (503), or None. The Open Inference Protocol's ``/v2/health/ready`` answers the same."""
     if server.ready:
-        return JSONResponse({"status": "ready"})
-    message = {
+        return None
+    return {
         State.LOADING: "the model is loading",
         State.DRAINING: SHUTTING_DOWN,
         State.FAILED: f"model failed to load: {server.failure}",
     }[server.state]
-    return JSONResponse(error_body(server.state.value, message), status_code=503)
+
+
+@router.get("/healthz", summary="Liveness: the process answers", **_PROBE)
+async def live(server: StateDep) -> JSONResponse:
+    if (problem := not_live(server)) is not None:
+        return JSONResponse(error_body("failed", problem), status_code=503)
+    return JSONResponse({"status": "ok"})
+
+
+@router.get("/readyz", summary="Readiness: loaded, warmed, not draining", **_PROBE)
+async def ready(server: StateDep) -> JSONResponse:
+    if (problem := not_ready(server)) is not None:
+        return JSONResponse(error_body(server.state.value, problem), status_code=503)
+    return JSONResponse({"status": "ready"})
 
 
 @router.get("/metrics", summary="Prometheus metrics", include_in_schema=False)

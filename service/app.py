@@ -12,13 +12,23 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import maskserve
+from maskserve.service import openapi
+from maskserve.service.admission import AdmissionGate
 from maskserve.service.api import SEGMENT_PATH, router
-from maskserve.service.errors import install_handlers
+from maskserve.service.auth import ApiKeyGuard, public_paths
+from maskserve.service.errors import ErrorShapes, install_handlers
+from maskserve.service.inference_protocol import routes as inference_protocol
+from maskserve.service.labelstudio import routes as labelstudio
 from maskserve.service.metrics import Metrics
+from maskserve.service.page.routes import router as page_router
+from maskserve.service.protocol_guard import ProtocolGuard
 from maskserve.service.settings import Settings
 from maskserve.service.state import BackendWrapper, ServerState
 
 log = logging.getLogger("maskserve")
+
+# POST path prefixes that put images in flight: refused at once when ServerState.refusal says so.
+MODEL_PATHS = (SEGMENT_PATH, f"{inference_protocol.PREFIX}/models/", f"{labelstudio.PREFIX}/predict")
 
 
 def create_app(
@@ -49,9 +59,20 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.server = server
-    install_handlers(app, server.metrics)
+    shapes = ErrorShapes({inference_protocol.PREFIX: inference_protocol.error_body})
+    install_handlers(app, server.metrics, shapes)
     app.include_router(router)
+    app.include_router(inference_protocol.router)
+    app.include_router(labelstudio.create_router())
+    app.include_router(page_router)
+    name = inference_protocol.model_name(server)
+    openapi.install(app, server.bundle.manifest, SEGMENT_PATH, name, inference_protocol.MODEL_VERSION)
+    # Starlette wraps the last-added middleware outermost: ProtocolGuard sees every request first.
+    app.add_middleware(AdmissionGate, server=server, paths=MODEL_PATHS, shapes=shapes)
     app.add_middleware(RequestTiming, metrics=server.metrics)
+    public = public_paths(settings.metrics_without_key)
+    app.add_middleware(ApiKeyGuard, key=settings.api_key, public=public, metrics=server.metrics, shapes=shapes)
+    app.add_middleware(ProtocolGuard, shapes=shapes)
     return app
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -21,7 +20,7 @@ from typing import Any
 
 import numpy.typing as npt
 
-from maskserve.service.errors import DeadlineExceeded, Draining, InferenceFailed, QueueFull
+from maskserve.service.errors import DeadlineExceeded, Draining, InferenceFailed
 from maskserve.service.metrics import Metrics
 from maskserve.service.postprocess import TaskParams
 from maskserve.service.preprocess import Prepared
@@ -61,13 +60,10 @@ class _Entry:
 
 
 class Batcher:
-    def __init__(
-        self, segmenter: Segmenter, max_batch: int, max_delay_s: float, max_queue: int, metrics: Metrics
-    ) -> None:
+    def __init__(self, segmenter: Segmenter, max_batch: int, max_delay_s: float, metrics: Metrics) -> None:
         self.segmenter = segmenter
         self.max_batch = max_batch
         self.max_delay_s = max_delay_s
-        self.max_queue = max_queue
         self.metrics = metrics
         self._queues: dict[tuple[int, int], deque[_Entry]] = {}
         self._closed = False
@@ -84,19 +80,15 @@ class Batcher:
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="maskserve-batcher")
 
-    def retry_after_s(self) -> int:
-        """Seconds until the queue ahead would be served: depth x recent time per image."""
-        return max(1, math.ceil((self.depth + 1) * self._per_image_s))
+    @property
+    def per_image_s(self) -> float:
+        """Recent model time per image (a moving average; 0 before the first batch)."""
+        return self._per_image_s
 
     def submit(self, job: Job) -> asyncio.Future[JobResult]:
+        """Queue a job. Admission (``ServerState.admit``) has bounded how many can be queued."""
         if self._closed:
             raise Draining("the server is shutting down")
-        depth = self.depth
-        if depth >= self.max_queue:
-            wait = self.retry_after_s()
-            raise QueueFull(
-                f"the queue is full ({depth} images waiting); retry in {wait} s", headers={"Retry-After": str(wait)}
-            )
         future: asyncio.Future[JobResult] = asyncio.get_running_loop().create_future()
         self._queues.setdefault(job.canvas, deque()).append(_Entry(job, future, time.monotonic()))
         self._publish_depth()

@@ -64,17 +64,22 @@ def _pixel_data() -> Iterator[None]:
         raise InvalidImage(f"the image data is corrupt or truncated: {exc}") from exc
 
 
-def to_rgb(image: Image.Image, draft_size: tuple[int, int] | None = None) -> Image.Image:
+def to_rgb(image: Image.Image, draft_size: tuple[int, int] | None = None, owned: bool = True) -> Image.Image:
     """Decode fully, apply EXIF orientation, convert any mode to 8-bit RGB.
 
     ``draft_size`` (w, h) lets JPEG decode at a reduced scale when the image will be shrunk to
     at least that size anyway; it is applied before the orientation, in stored coordinates.
+    An ``owned`` image (decoded here from bytes) is rotated in place, without a copy of its
+    pixels; a caller's image is left as it was.
     """
     with _pixel_data():
         if draft_size is not None and image.format == "JPEG":
             image.draft(image.mode, draft_size)  # size only: keep the colour decoding as stored
         image.seek(0)  # GIF/TIFF: the first frame
         image.load()
+        if owned:
+            ImageOps.exif_transpose(image, in_place=True)
+            return _as_rgb(image)
         return _as_rgb(ImageOps.exif_transpose(image))
 
 

@@ -44,8 +44,16 @@ class Metrics:
         )
         self.queue_depth = Gauge("maskserve_queue_depth", "Images waiting for a batch.", registry=r)
         self.inflight = Gauge(
-            "maskserve_inflight_requests", "Segment requests being handled (queued or running).", registry=r
+            "maskserve_inflight_requests",
+            "Admitted requests: their body is read and they are being decoded, queued, run or post-processed.",
+            registry=r,
         )
+        self.held_body_bytes = Gauge(
+            "maskserve_held_body_bytes",
+            "Request body bytes reserved in the body budget (MASKSERVE_BODY_BUDGET_MB) right now.",
+            registry=r,
+        )
+        self.connections = Gauge("maskserve_open_connections", "Open HTTP connections.", registry=r)
         self.padding_ratio = Histogram(
             "maskserve_canvas_padding_ratio",
             "Fraction of the canvas that is letterbox padding, per image (compute spent on nothing).",

@@ -80,12 +80,22 @@ class Candidate:
 
 
 @dataclass(frozen=True)
-class Plan:
-    """Everything decided; what is left is encoding. ``maps`` are resized to the original
-    size and raveled column-major, as COCO RLE walks them."""
+class Source:
+    """A label map at canvas resolution (``scale`` 1) or 1/4 of it (``scale`` 4), to be resized to
+    the original image only when it is encoded, one at a time."""
 
-    height: int
-    maps: list[npt.NDArray[Any]]
+    label_map: npt.NDArray[np.integer]
+    scale: int = 1
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything decided; what is left is encoding. Each source is resized to the original size
+    and raveled column-major, as COCO RLE walks it, when it is encoded: memory stays at one
+    original-size map, however many instances there are."""
+
+    letterbox: Letterbox
+    sources: list[Source]
     candidates: list[Candidate]
 
 
@@ -122,16 +132,19 @@ class PostProcessor:
         if params.label_ids is None:
             return decided
         wanted = [c for c in decided.candidates if c.label_id in params.label_ids]
-        return Plan(decided.height, decided.maps, wanted)
+        return Plan(decided.letterbox, decided.sources, wanted)
 
     def encode_segments(self, plan: Plan, params: TaskParams) -> list[Segment]:
         """COCO RLE for every candidate (one pass per map), then the area filter."""
         encoded: list[EncodedMask | None] = [None] * len(plan.candidates)
-        for source, flat in enumerate(plan.maps):
-            members = [i for i, c in enumerate(plan.candidates) if c.source == source]
+        height = plan.letterbox.original[0]
+        for index, source in enumerate(plan.sources):
+            members = [i for i, c in enumerate(plan.candidates) if c.source == index]
             if not members:
                 continue
-            masks = encode_label_map(flat, plan.height, [plan.candidates[i].value for i in members])
+            flat = column_major_resized(source.label_map, plan.letterbox, source.scale)
+            masks = encode_label_map(flat, height, [plan.candidates[i].value for i in members])
+            del flat  # before the next source's map is made
             for i, encoded_mask in zip(members, masks, strict=True):
                 encoded[i] = encoded_mask
         segments: list[Segment] = []
@@ -154,10 +167,13 @@ class PostProcessor:
         return segments
 
     def _semantic(self, label_map: npt.NDArray[np.int32], letterbox: Letterbox) -> Plan:
-        flat = column_major_resized(label_map, letterbox)
-        present = np.flatnonzero(np.bincount(flat[flat >= 0], minlength=len(self.isthing)))
+        valid = label_map[: letterbox.valid[0], : letterbox.valid[1]]
+        # Labels present in the resized map are those present in the valid region, except a label
+        # whose pixels all fall between the sampled rows and columns (an original smaller than the
+        # valid region): encode_segments drops those as empty.
+        present = np.flatnonzero(np.bincount(valid[valid >= 0].ravel(), minlength=len(self.isthing)))
         candidates = [Candidate(int(label), None, 0, int(label)) for label in present]
-        return Plan(letterbox.original[0], [flat], candidates)
+        return Plan(letterbox, [Source(_compact(label_map, len(self.isthing)))], candidates)
 
     def _panoptic(self, outputs: dict[str, npt.NDArray[Any]], letterbox: Letterbox, params: TaskParams) -> Plan:
         labels = outputs["query_labels"].astype(np.int64)
@@ -189,13 +205,13 @@ class PostProcessor:
             if self.rule is not PanopticRule.MASK2FORMER:
                 lut[q + num_queries] = number  # and those it wins below it: the whole argmax region
         if not segment_label:
-            return Plan(letterbox.original[0], [], [])
-        flat = column_major_resized(lut[outputs["panoptic_map"]], letterbox)
+            return Plan(letterbox, [], [])
+        numbers = _compact(lut, len(segment_label) + 1)[outputs["panoptic_map"]]
         candidates = [
             Candidate(label, round(score, 6), 0, number)
             for number, (label, score) in enumerate(zip(segment_label, segment_score, strict=True), start=1)
         ]
-        return Plan(letterbox.original[0], [flat], candidates)
+        return Plan(letterbox, [Source(numbers)], candidates)
 
     def _segment_exists(self, areas: npt.NDArray[np.int64], overlap_threshold: float) -> bool:
         """The rule's existence and overlap test for one kept query, on its ``panoptic_areas`` row."""
@@ -221,14 +237,14 @@ class PostProcessor:
         masks = outputs["instance_masks"]
         candidates = np.flatnonzero(scores >= np.float32(params.score_threshold))
         candidates = candidates[np.argsort(-scores[candidates], kind="stable")]
-        maps: list[npt.NDArray[Any]] = []
+        sources: list[Source] = []
         found: list[Candidate] = []
         for j in candidates.tolist():
             if not masks[j].any():
                 continue
-            found.append(Candidate(int(labels[j]), round(float(scores[j]), 6), len(maps), 1))
-            maps.append(column_major_resized(masks[j], letterbox, scale=4))
-        return Plan(letterbox.original[0], maps, found)
+            found.append(Candidate(int(labels[j]), round(float(scores[j]), 6), len(sources), 1))
+            sources.append(Source(masks[j], scale=4))
+        return Plan(letterbox, sources, found)
 
 
 def resize_indices(source: int, valid: float, target: int) -> npt.NDArray[np.intp]:
@@ -242,14 +258,51 @@ def resize_indices(source: int, valid: float, target: int) -> npt.NDArray[np.int
     return np.minimum(index, source - 1)
 
 
+def resize_runs(source: int, valid: float, target: int) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
+    """``resize_indices`` as runs: the distinct source indices, in order, and how many output
+    pixels each covers. O(source) memory instead of O(target): a 2,000,000-pixel-wide image
+    needs no 2,000,000-long index arrays (16 bytes per pixel of width, as int64 and float64).
+
+    Each run starts at the first output pixel ``x`` whose index ``int((x + 0.5) * scale)``
+    reaches the run's source index: estimated in closed form, then moved by at most one pixel
+    either way by evaluating that same float expression, so the runs are exactly
+    ``resize_indices``', rounding included.
+    """
+    scale = valid / target
+
+    def index_of(x: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+        return ((x + 0.5) * scale).astype(np.int64)
+
+    wanted = np.arange(1, min(source, int(valid) + 1), dtype=np.int64)  # indices reached before clamping
+    first = np.clip(np.floor(wanted / scale - 0.5), 0, target).astype(np.int64)
+    first = np.where((first > 0) & (index_of(first - 1) >= wanted), first - 1, first)
+    first = np.where((first < target) & (index_of(first) < wanted), first + 1, first)
+    starts = np.concatenate(([0], first))
+    counts = np.diff(np.concatenate((starts, [target])))
+    keep = counts > 0
+    return np.arange(starts.size, dtype=np.intp)[keep], counts[keep].astype(np.intp)
+
+
 def column_major_resized(
     label_map: npt.NDArray[np.integer], letterbox: Letterbox, scale: int = 1
 ) -> npt.NDArray[np.integer]:
     """Crop the letterbox padding and resize to the original size, raveled column-major.
 
-    ``scale`` is the map's stride relative to the canvas (4 for 1/4-resolution masks).
+    ``scale`` is the map's stride relative to the canvas (4 for 1/4-resolution masks). Built
+    from the runs of source rows and columns with ``np.repeat``: memory is the output itself
+    (``(orig_w, orig_h)`` C order is the ``(orig_h, orig_w)`` map in Fortran order) plus one
+    map of ``distinct columns x orig_h``; nothing is as wide as the image times the canvas (the
+    first version built ``orig_w x canvas_h``: a 2,000,000 x 1 image cost 1 GB).
     """
     (height, width), (orig_h, orig_w) = letterbox.valid, letterbox.original
-    rows = resize_indices(label_map.shape[0], height / scale, orig_h)
-    cols = resize_indices(label_map.shape[1], width / scale, orig_w)
-    return label_map.T[cols][:, rows].ravel()  # (W, H) C-order == (H, W) Fortran order
+    row_index, row_count = resize_runs(label_map.shape[0], height / scale, orig_h)
+    col_index, col_count = resize_runs(label_map.shape[1], width / scale, orig_w)
+    columns = np.repeat(label_map.T[col_index][:, row_index], row_count, axis=1)  # (distinct cols, orig_h)
+    return np.repeat(columns, col_count, axis=0).ravel()
+
+
+def _compact(values: npt.NDArray[np.integer], count: int) -> npt.NDArray[np.integer]:
+    """The values (ids below ``count``, and -1) in the smallest signed dtype that holds them:
+    the original-size map costs 1 or 2 bytes per pixel, not 4."""
+    dtype = np.int8 if count <= 127 else np.int16 if count <= 32767 else np.int32
+    return values.astype(dtype, copy=False)

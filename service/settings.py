@@ -7,10 +7,11 @@ and passed to ``create_app``; nothing is read at import time.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BeforeValidator, Field, model_validator
+from pydantic import AliasChoices, AnyHttpUrl, BeforeValidator, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from maskserve.bundle import DEFAULT_BUNDLE, Canvas
@@ -30,6 +31,23 @@ def _canvas_list(value: object) -> object:
             raise ValueError("canvases must not be empty")
     if isinstance(value, list | tuple):
         return [Canvas.parse(item) if isinstance(item, str) else item for item in value]
+    return value
+
+
+_HOST_ENTRY = re.compile(r"^(?:[a-z0-9_]([a-z0-9_.-]*[a-z0-9_])?|\[[0-9a-f:.]+\])(?::[0-9]{1,5})?$")
+
+
+def _host_list(value: object) -> object:
+    """``"ls.example.com, files.example.com:9000"`` (the env var form) to lower-case ``host`` or
+    ``host:port`` entries; a URL, a path or credentials are refused, not guessed at."""
+    if isinstance(value, str):
+        value = value.split(",")
+    if isinstance(value, list | tuple):
+        entries = [str(part).strip().lower() for part in value if str(part).strip()]
+        for entry in entries:
+            if not _HOST_ENTRY.match(entry):
+                raise ValueError(f"{entry!r} is not a host name or host:port (no scheme, path or user)")
+        return entries
     return value
 
 
@@ -92,6 +110,13 @@ class Settings(BaseSettings):
         "serve its graph in `fp32` (about twice the latency; /v1/model and maskserve_model_info say fp32). "
         "Keep `refuse` where replicas were sized for bf16 throughput.",
     )
+    model_name: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$",
+        max_length=253,
+        description="The model's name in the Open Inference Protocol routes (`/v2/models/<name>/infer`). Default: "
+        "the bundle's name. KServe routes by the InferenceService's name, so its runtime sets this to it.",
+    )
     panoptic_rule: Annotated[
         Literal["maskformer", "mask2former", "transformers"], BeforeValidator(_renamed_panoptic_rule)
     ] = Field(
@@ -122,16 +147,17 @@ class Settings(BaseSettings):
         64,
         ge=1,
         le=100_000,
-        description="Images that may wait for the model. Beyond it requests get 503 with Retry-After at "
-        "once, instead of queueing past their deadline. Size it to what you can serve within the "
-        "request timeout.",
+        description="Images admitted and not yet answered by the model (being decoded, queued, or in the "
+        "running batch). Beyond it requests get 503 with Retry-After at once, before their image is "
+        "decoded. Size it to what you can serve within the request timeout.",
     )
     request_timeout_s: float = Field(
         30.0,
         gt=0,
         le=3600,
-        description="Deadline per request, from arrival. A request still queued past it gets 504 and is "
-        "dropped before inference. Set it just under your client or load-balancer timeout.",
+        description="Deadline per request, from the arrival of its headers to its response. Past it the "
+        "request gets 504 wherever it is (reading, decoding, queued, post-processing), and the work it "
+        "would still cause is dropped. Set it just under your client or load-balancer timeout.",
     )
     canvases: Annotated[list[Canvas] | None, NoDecode, BeforeValidator(_canvas_list)] = Field(
         None,
@@ -155,7 +181,95 @@ class Settings(BaseSettings):
         DEFAULT_MAX_IMAGE_PIXELS,
         ge=1,
         description="Largest accepted image, in pixels, checked from the header before decoding (413 "
-        "beyond): the guard against decompression bombs.",
+        "beyond): the guard against decompression bombs. Memory per image is linear in its pixels "
+        "(see docs/reliability.md), whatever its aspect ratio.",
+    )
+    body_budget_mb: float = Field(
+        256.0,
+        gt=0,
+        le=1_000_000,
+        description="Request bodies held in memory at once, in MiB, counted by their declared length (a "
+        "body without Content-Length counts as MASKSERVE_MAX_BODY_BYTES) until their image is decoded. "
+        "Beyond it requests get 503 with Retry-After before their body is read.",
+    )
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        description="Time for a request's headers to arrive, from the connection's first byte (or the end "
+        "of the previous response): past it the client gets 408 (or the connection is closed, if it sent "
+        "nothing). The guard against slowloris clients holding connections.",
+    )
+    body_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="Time for a request's whole body to arrive once its headers have: past it 408, and "
+        "its body budget is freed. Raise it for large uploads over slow links.",
+    )
+    keep_alive_timeout_s: float = Field(
+        5.0,
+        gt=0,
+        le=3600,
+        description="How long an idle keep-alive connection stays open after a response. Keep it below "
+        "your load balancer's idle timeout so the server is never the one to close a reused connection.",
+    )
+    max_connections: int = Field(
+        1024,
+        ge=1,
+        le=1_000_000,
+        description="Open HTTP connections at once. Requests on connections beyond it get 503 with "
+        "Retry-After and the connection is closed. Bound it by file descriptors and memory.",
+    )
+
+    # --- access ------------------------------------------------------------------------------
+    api_key: SecretStr | None = Field(
+        None,
+        description="When set, every route except the liveness and readiness probes needs "
+        "`Authorization: Bearer <key>` (401 otherwise). Prefer MASKSERVE_API_KEY_FILE for secrets.",
+    )
+    api_key_file: Path | None = Field(
+        None,
+        description="A file holding the API key (surrounding whitespace ignored), e.g. a mounted "
+        "Kubernetes Secret or Docker secret. Exclusive with MASKSERVE_API_KEY.",
+    )
+    metrics_without_key: bool = Field(
+        False,
+        description="Serve /metrics without the API key, for a Prometheus that scrapes from inside the "
+        "cluster without credentials.",
+    )
+
+    # --- Label Studio ML backend (/labelstudio/) ----------------------------------------------
+    labelstudio_allowed_hosts: Annotated[list[str], NoDecode, BeforeValidator(_host_list)] = Field(
+        default_factory=list,
+        description="Hosts (`name` for any port, or `name:port`) whose http(s) image URLs the Label Studio backend "
+        "may fetch, comma-separated; the `LABEL_STUDIO_URL` host is always allowed. Anything else is refused: an "
+        "open fetcher lets any caller make this server request internal addresses. Data URLs need no host.",
+    )
+    labelstudio_url: AnyHttpUrl | None = Field(
+        None,
+        validation_alias=AliasChoices("labelstudio_url", "MASKSERVE_LABELSTUDIO_URL", "LABEL_STUDIO_URL"),
+        description="Label Studio's base URL (also read from `LABEL_STUDIO_URL`, as Label Studio's own ML backends "
+        "do). Tasks whose image is an upload (`/data/upload/...`) or a cloud-storage URI are fetched from it.",
+    )
+    labelstudio_api_key: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices("labelstudio_api_key", "MASKSERVE_LABELSTUDIO_API_KEY", "LABEL_STUDIO_API_KEY"),
+        description="Label Studio access token (also read from `LABEL_STUDIO_API_KEY`): a legacy token or a "
+        "personal access token. Sent only to the `LABEL_STUDIO_URL` host.",
+    )
+    labelstudio_format: Literal["polygon", "brush"] = Field(
+        "polygon",
+        description="What Label Studio predictions use when the labeling config has both a PolygonLabels and a "
+        "BrushLabels tag: polygons (editable vertices) or brush masks (exact, holes included). A config with "
+        "only one of them gets that one.",
+    )
+    labelstudio_fetch_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=600,
+        description="Time limit for fetching one task's image, redirects included; the image may be at most "
+        "`MASKSERVE_MAX_BODY_BYTES`. A task whose image cannot be fetched gets an empty prediction.",
     )
 
     # --- server ------------------------------------------------------------------------------
@@ -165,8 +279,9 @@ class Settings(BaseSettings):
         20.0,
         ge=0,
         le=3600,
-        description="On SIGTERM, how long queued and in-flight requests may take to finish before exit. "
-        "Keep it below the orchestrator's grace period (Kubernetes terminationGracePeriodSeconds).",
+        description="On SIGTERM, how long admitted requests may take to finish. Those still running then "
+        "get 503 `draining`, and the process exits within this plus a margin of about two seconds and one "
+        "batch. Keep the sum below the orchestrator's grace period (terminationGracePeriodSeconds).",
     )
     warmup: bool = Field(
         True,
@@ -181,7 +296,23 @@ class Settings(BaseSettings):
     def _check_bundle(self) -> Settings:
         if not self.bundle.is_dir():
             raise ValueError(f"bundle directory not found: {self.bundle}")
+        if self.api_key is not None and self.api_key_file is not None:
+            raise ValueError("set MASKSERVE_API_KEY or MASKSERVE_API_KEY_FILE, not both")
+        if self.api_key_file is not None:
+            try:
+                key = self.api_key_file.read_text().strip()
+            except OSError as exc:
+                raise ValueError(f"cannot read the API key file {self.api_key_file}: {exc.strerror}") from None
+            if not key:
+                raise ValueError(f"the API key file {self.api_key_file} is empty")
+            self.api_key = SecretStr(key)
+        elif self.api_key is not None and not self.api_key.get_secret_value().strip():
+            raise ValueError("MASKSERVE_API_KEY is empty: unset it to serve without a key")
         return self
+
+    @property
+    def body_budget_bytes(self) -> int:
+        return int(self.body_budget_mb * 1024 * 1024)
 
     def backend_options(self) -> BackendOptions:
         return BackendOptions(

@@ -4,13 +4,18 @@ On the CPU provider the graph runs in stages: the body (backbone to raw logits) 
 then only the heads of the tasks the batch asked for. ONNX Runtime computes every node of a
 session whatever outputs are fetched, and the three heads together cost about half as much as
 the body on a CPU (upsampling 100-150 maps to full resolution); on a GPU they are cheap and one
-fused graph is kept, so nothing leaves the device between stages.
+fused graph is kept, so nothing leaves the device between stages. With ``host_head`` (the
+default), the semantic head and, for images whose masks are upsampled as probabilities (the
+``transformers`` panoptic rule), the panoptic head run on the host instead
+(``maskserve.service.boundary_head``), from the graph's own 1/4-resolution Softmax, Sigmoid and
+Einsum, upsampling only where a decision can change; their outputs equal the head sessions'.
 
 The module is named ``ort`` so that it never shadows the ``onnxruntime`` package it wraps.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -20,8 +25,9 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
-from maskserve.bundle import INPUTS, RAW_OUTPUTS, TASK_OUTPUTS
+from maskserve.bundle import INPUTS, RAW_OUTPUTS, TASK_OUTPUTS, Task
 from maskserve.errors import first_line
+from maskserve.service import bilinear, boundary_head
 from maskserve.service.backends.base import BackendError
 
 log = logging.getLogger("maskserve")
@@ -93,6 +99,7 @@ class OnnxRuntimeBackend:
         engine_cache: Path | None = None,
         fp16: bool = False,
         staged: bool | None = None,
+        host_head: bool = True,
     ) -> None:
         chain = provider_chain(provider, ort.get_available_providers())
         if PROVIDERS["cuda"] in chain or PROVIDERS["tensorrt"] in chain:
@@ -101,12 +108,21 @@ class OnnxRuntimeBackend:
         self._options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self._options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         self._options.intra_op_num_threads = intra_op_threads
+        # Idle intra-op threads spin by default, waiting for the next operator: on a CPU shared
+        # with the event loop and the decoding workers, that spinning takes the cores they need
+        # (503s that should take milliseconds took hundreds under load). Threads sleep instead.
+        self._options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self._options.inter_op_num_threads = 1
         self._providers = [(name, _provider_options(name, engine_cache, fp16)) for name in chain]
         self.staged = chain[0] == PROVIDERS["cpu"] if staged is None else staged
+        # The host head replaces head sessions only on the CPU, where the logits are on the host.
+        # Per set of host tasks (sorted), the session giving their 1/4-resolution tensors in order.
+        self._host_low: dict[tuple[Task, ...], ort.InferenceSession] = {}
+        self.host_tasks: tuple[Task, ...] = ()
+        self._panoptic_orders: frozenset[int] | None = None
         try:
             if self.staged:
-                self._body, self._heads = self._staged_sessions(model_path)
+                self._body, self._heads = self._staged_sessions(model_path, host_head and chain[0] == PROVIDERS["cpu"])
                 self.session = self._body
             else:
                 self.session = self._session(str(model_path))
@@ -121,11 +137,16 @@ class OnnxRuntimeBackend:
             ", ".join(self.session.get_providers()),
             " (staged: body, then per-task heads)" if self.staged else "",
         )
+        self.host_head = bool(self.host_tasks)
+        if self.host_head:
+            log.info("%s head(s) run on the host (boundary head)", " and ".join(self.host_tasks))
 
     def _session(self, model: str | bytes) -> ort.InferenceSession:
         return ort.InferenceSession(model, sess_options=self._options, providers=self._providers)
 
-    def _staged_sessions(self, model_path: Path) -> tuple[ort.InferenceSession, dict[str, ort.InferenceSession]]:
+    def _staged_sessions(
+        self, model_path: Path, host_head: bool
+    ) -> tuple[ort.InferenceSession, dict[str, ort.InferenceSession]]:
         import onnx
         import onnx.utils
 
@@ -135,6 +156,27 @@ class OnnxRuntimeBackend:
         heads = {
             task: extractor.extract_model([*INPUTS, *RAW_OUTPUTS], list(names)) for task, names in TASK_OUTPUTS.items()
         }
+        found = boundary_head.graph_tensors(heads) if host_head else boundary_head.HostTensors({})
+        low = found.names
+        if host_head and len(low) < len(boundary_head.HOST_TASKS):
+            missing = [task for task in boundary_head.HOST_TASKS if task not in low]
+            log.warning("%s head stays in ONNX Runtime: not the graph boundary_head replicates", " and ".join(missing))
+        if low:
+            probe, feeds, expected = bilinear.resize_probe()
+            if not np.array_equal(self._session(probe.SerializeToString()).run(None, feeds)[0], expected):
+                log.warning("host head off: this onnxruntime build's Resize rounds differently from boundary_head")
+                low = {}
+        self.host_tasks = tuple(sorted(low))
+        self._panoptic_orders = found.panoptic_orders
+        for size in range(1, len(self.host_tasks) + 1):
+            for tasks in itertools.combinations(self.host_tasks, size):
+                names = [name for task in tasks for name in low[task]]
+                self._host_low[tasks] = self._session(
+                    extractor.extract_model(list(RAW_OUTPUTS), names).SerializeToString()
+                )
+        # A head the host follows for only some images keeps its session for the others.
+        only_some = {"panoptic"} if self._panoptic_orders is not None else set()
+        heads = {task: head for task, head in heads.items() if task not in self.host_tasks or task in only_some}
         del extractor
         body_session = self._session(body.SerializeToString())
         del body
@@ -171,17 +213,46 @@ class OnnxRuntimeBackend:
         raw = dict(zip(RAW_OUTPUTS, self._body.run(list(RAW_OUTPUTS), body_feeds), strict=True))
         results: dict[str, npt.NDArray[np.generic]] = {name: raw[name] for name in outputs if name in raw}
         available = {**feeds, **raw}
+        host = [
+            task
+            for task in self.host_tasks
+            if any(name in outputs for name in TASK_OUTPUTS[task]) and self._host_follows(task, feeds)
+        ]
+        if host:
+            results.update({k: v for k, v in self._run_host(host, available).items() if k in outputs})
         for task, names in TASK_OUTPUTS.items():
             wanted = [name for name in names if name in outputs]
-            if not wanted:
+            if not wanted or task in host:
                 continue
             head = self._heads[task]
             head_feeds = {name: available[name] for name in self._inputs_of[task]}
             results.update(zip(wanted, head.run(wanted, head_feeds), strict=True))
         return results
 
+    def _host_follows(self, task: Task, feeds: Mapping[str, npt.NDArray[np.generic]]) -> bool:
+        """Whether the host head gives this batch's outputs of ``task`` exactly (see ``HostTensors``)."""
+        if task != "panoptic" or self._panoptic_orders is None:
+            return True
+        return bool(np.isin(np.asarray(feeds["panoptic_upsampling"]), list(self._panoptic_orders)).all())
+
+    def _run_host(
+        self, tasks: Sequence[Task], available: Mapping[str, npt.NDArray[np.generic]]
+    ) -> dict[str, npt.NDArray[np.generic]]:
+        low = iter(self._host_low[tuple(sorted(tasks))].run(None, {name: available[name] for name in RAW_OUTPUTS}))
+        canvas = (int(available["pixel_values"].shape[2]), int(available["pixel_values"].shape[3]))
+        sizes = np.asarray(available["image_sizes"])
+        out: dict[str, npt.NDArray[np.generic]] = {}
+        for task in sorted(tasks):  # the session's outputs come in this order
+            if task == "semantic":
+                out |= boundary_head.semantic_outputs(next(low), sizes, canvas)
+            else:
+                thresholds = (np.asarray(available["score_threshold"]), np.asarray(available["mask_threshold"]))
+                out |= boundary_head.panoptic_outputs(next(low), next(low), sizes, *thresholds, canvas)
+        return out
+
     def close(self) -> None:
         self.session = None  # type: ignore[assignment]
         if self.staged:
             self._body = None  # type: ignore[assignment]
             self._heads = {}
+            self._host_low = {}

@@ -32,7 +32,11 @@ def test_bench_quick_writes_a_report(tmp_path: Path, checkpoint_factory, bundle_
     )
     assert result.returncode == 0, result.stderr[-3000:]
     text = out.read_text()
-    for heading in ("## Targets", "## Model level", "## Service level", "GEMM peak"):
+    for heading in ("## Targets", "## Model level", "## Service level", "GEMM peak", "## Output formats at 384x216"):
         assert heading in text, heading
     assert "| transformers |" in text and "| maskserve |" in text
     assert "| 4 | " in text  # the concurrency-4 load level ran
+    formats = text.split("## Output formats", 1)[1]
+    names = ("json", "polygons", "png", "coco_panoptic", "overlay", "overlay_jpeg", "baseline: label map, Pillow PNG")
+    for name in names:
+        assert f" | {name} | " in formats, name

@@ -12,6 +12,7 @@ from tests.deploy.tools import ROOT
 
 BASE = ROOT / "docker-compose.yml"
 GPU_OVERRIDE = ROOT / "docker" / "compose.gpu.yml"
+APIKEY_OVERRIDE = ROOT / "docker" / "compose.apikey.yml"
 # Sequences that an override replaces instead of extending (compose-spec merge rules).
 _REPLACED = {"command", "entrypoint", "test"}
 

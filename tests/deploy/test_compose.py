@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.deploy import compose, dockerfile
 from tests.deploy.tools import DOCKERFILES, ROOT, output, run, tool
@@ -80,3 +81,24 @@ def test_stack_wiring() -> None:
                 assert (ROOT / volume.split(":")[0]).exists(), volume
             elif isinstance(volume, dict) and volume["type"] == "bind":
                 assert (ROOT / compose.interpolate(volume["source"], {})).is_dir(), volume
+
+
+def test_api_key_override(tmp_path: Path) -> None:
+    """docker/compose.apikey.yml: the key reaches maskserve as a secret file, and Prometheus scrapes
+    with the same secret through its own config (which promtool must accept: test_observability)."""
+    override = compose.load(compose.APIKEY_OVERRIDE)
+    check_schema(override, tmp_path, "apikey-override")
+    merged = compose.merge(compose.load(compose.BASE), override)
+    check_schema(merged, tmp_path, "apikey")
+    services = merged["services"]
+    env = compose.environment_dict(services["maskserve"]["environment"])
+    secret = "maskserve_api_key"
+    assert env["MASKSERVE_API_KEY_FILE"] == f"/run/secrets/{secret}"
+    assert "MASKSERVE_API_KEY" not in env, "the key itself must not be in the environment"
+    assert secret in services["maskserve"]["secrets"] and secret in services["prometheus"]["secrets"]
+    config = services["prometheus"]["command"][0].split("=", 1)[1]
+    scrape = yaml.safe_load((ROOT / "deploy" / "prometheus" / Path(config).name).read_text())["scrape_configs"][0]
+    assert scrape["authorization"]["credentials_file"] == f"/run/secrets/{secret}"
+    assert "MASKSERVE_API_KEY_FILE" not in compose.environment_dict(
+        compose.load(compose.BASE)["services"]["maskserve"]["environment"]
+    ), "off by default"

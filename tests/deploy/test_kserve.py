@@ -1,6 +1,7 @@
 """k8s/kserve: the KServe manifests render, pass the vendored strict subsets of KServe's CRD schemas
 (deploy/schemas/kserve-*.subset.json), and keep maskserve's container contract: port, bundle path,
-protocol, model format, health route, non-root (docs/deploy.md, "KServe"). No cluster is involved."""
+protocol, model format, model name, health route, non-root (docs/deploy.md, "KServe"); the
+documented calls work against a real server configured as the container is. No cluster is involved."""
 
 from __future__ import annotations
 
@@ -8,17 +9,20 @@ import copy
 import functools
 import json
 import re
+import shlex
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import yaml
 
-from maskserve.bundle import SCHEMA_VERSION
-from maskserve.service.api import router
+from maskserve.bundle import DEFAULT_BUNDLE, SCHEMA_VERSION
+from maskserve.service.app import create_app
 from maskserve.service.settings import Settings
 from tests.deploy import dockerfile
 from tests.deploy.tools import DOCKERFILES, IMAGE_UID, ROOT, output, run, tool
+from tests.service.server import running_server
 
 RUNTIME_DIR = "k8s/kserve"  # the ClusterServingRuntime and an InferenceService that uses it
 CUSTOM_DIR = "k8s/kserve/custom"  # the same InferenceService with its own container
@@ -35,8 +39,6 @@ MODEL_DIR = "/mnt/models"  # DefaultModelLocalMountPath: where the storage initi
 HTTP_PORT = 8080  # InferenceServiceDefaultHttpPort
 # Open Inference Protocol health routes (docs/deploy.md); readiness must be the "ready" one.
 V2_READY = "/v2/health/ready"
-# Not a setting yet: the v2 protocol work adds it (/v2/models/<name>). Until then Settings ignores it.
-PENDING_SETTINGS = {"MASKSERVE_MODEL_NAME"}
 
 
 @functools.cache
@@ -229,11 +231,53 @@ def test_container_contract(which: str) -> None:
     assert values["MASKSERVE_INTRA_OP_THREADS"] == container["resources"]["requests"]["cpu"]
     # Every MASKSERVE_* name is a setting (a misspelt one would be ignored silently).
     fields = {f"MASKSERVE_{name.upper()}" for name in Settings.model_fields}
-    assert {k for k in values if k.startswith("MASKSERVE_")} - fields <= PENDING_SETTINGS
+    assert {k for k in values if k.startswith("MASKSERVE_")} <= fields
+
+
+def test_container_env_is_valid_settings() -> None:
+    """The custom container's settings, as the server would read them (KServe renders the runtime's
+    {{.Name}} to the InferenceService's name first: a DNS label, which the setting accepts)."""
+    values = env(custom_container())
+    settings = {k.removeprefix("MASKSERVE_").lower(): v for k, v in values.items() if k.startswith("MASKSERVE_")}
+    settings["bundle"] = str(DEFAULT_BUNDLE)  # /mnt/models does not exist here
+    parsed = Settings(**settings)  # type: ignore[arg-type]
+    assert parsed.model_name == one(docs(CUSTOM_DIR), "InferenceService")["metadata"]["name"] == "maskformer"
+    assert parsed.port == HTTP_PORT
 
 
 def test_readiness_path_is_a_server_route() -> None:
-    assert any(getattr(r, "path", None) == V2_READY and "GET" in getattr(r, "methods", ()) for r in router.routes)
+    paths = create_app(Settings(bundle=DEFAULT_BUNDLE)).openapi()["paths"]
+    assert "get" in paths[V2_READY], paths.keys()
+
+
+def _documented_v2_calls() -> list[str]:
+    """The curl commands of docs/deploy.md's KServe section, continuation lines joined."""
+    section = (ROOT / "docs" / "deploy.md").read_text().split("## KServe", 1)[1]
+    block = section.split("The Open Inference Protocol routes", 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
+    lines = block.replace("\\\n", " ").splitlines()
+    return [line.split("  #", 1)[0].strip() for line in lines if line.startswith("curl ")]
+
+
+def test_documented_v2_calls_work() -> None:
+    """docs/deploy.md's curl commands against a real server with the container's model name."""
+    name = env(custom_container())["MASKSERVE_MODEL_NAME"]
+    commands = _documented_v2_calls()
+    assert len(commands) == 6, commands
+    with running_server(DEFAULT_BUNDLE, model_name=name) as (url, _):
+        answers = []
+        for command in commands:
+            argv = shlex.split(command.replace("$BASE", url))
+            done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
+            assert done.returncode == 0, f"{command}: {done.stderr}"
+            answers.append(done.stdout)
+    ready, live, server, model, model_ready, infer = answers
+    assert ready.strip() == "200" and model_ready.strip() == "200"
+    assert json.loads(live) == {"live": True}
+    assert "binary_tensor_data" in json.loads(server)["extensions"]
+    assert json.loads(model)["name"] == name and json.loads(model)["inputs"][0]["name"] == "IMAGE"
+    response = json.loads(infer)
+    assert response["model_name"] == name and response["outputs"][0]["name"] == "SEGMENTS"
+    assert json.loads(response["outputs"][0]["data"][0])["segments"]
 
 
 @pytest.mark.parametrize("which", ["runtime", "custom"])

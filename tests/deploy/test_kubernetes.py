@@ -147,7 +147,7 @@ def test_security_context_and_image(overlay: str) -> None:
     volumes = {v["name"]: v for v in spec["volumes"]}
     assert "emptyDir" in volumes[mounts["/tmp"]]
     image = main["image"]
-    assert image.endswith(f":0.1.0-{overlay}"), image
+    assert image.endswith(f":0.1.0-{overlay.split('-')[0]}"), image
     assert {"cpu", "memory"} <= main["resources"]["requests"].keys() <= main["resources"]["limits"].keys()
 
 
@@ -182,3 +182,28 @@ def test_hpa_metric_is_served_by_the_adapter(overlay: str) -> None:
     for metric in hpa["spec"]["metrics"]:
         assert metric["type"] == "Pods"
         assert metric["pods"]["metric"]["name"] in served
+
+
+def test_api_key_component_reads_the_secret_and_the_servicemonitor_sends_it() -> None:
+    """k8s/components/apikey: MASKSERVE_API_KEY_FILE names a file of the mounted Secret, the
+    ServiceMonitor scrapes with the same key, the probes stay unauthenticated (service/auth.py),
+    and the overlays without the component have no key at all (off by default)."""
+    from maskserve.service.auth import PROBES
+
+    docs = overlay_docs("cpu-apikey")
+    spec = one(docs, "Deployment")["spec"]["template"]["spec"]
+    main = container(docs)
+    env = {item["name"]: item["value"] for item in main.get("env", [])}
+    path = Path(env["MASKSERVE_API_KEY_FILE"])
+    mount = next(m for m in main["volumeMounts"] if m["mountPath"] == str(path.parent))
+    volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
+    secret = volume["secret"]["secretName"]
+    assert mount["readOnly"] is True
+    auth = one(docs, "ServiceMonitor")["spec"]["endpoints"][0]["authorization"]
+    assert auth == {"type": "Bearer", "credentials": {"name": secret, "key": path.name}}
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert main[probe]["httpGet"]["path"] in PROBES
+    assert "MASKSERVE_API_KEY" not in settings(docs)
+    for overlay in ("cpu", "gpu"):
+        plain = container(overlay_docs(overlay))
+        assert not [item for item in plain.get("env", []) if item["name"].startswith("MASKSERVE_API_KEY")]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -22,9 +23,17 @@ FOREIGN_METRICS = {"up", "kube_pod_status_ready"}
 GRAFANA_VARIABLES = {"$__rate_interval": "5m", "$__interval": "1m", "$job": ".*", "$instance": ".*"}
 
 
-def test_promtool_check_config() -> None:
-    # Also loads rule_files, which resolve relative to prometheus.yml.
-    result = run([tool("promtool"), "check", "config", str(PROMETHEUS / "prometheus.yml")])
+@pytest.mark.parametrize("config", ["prometheus.yml", "prometheus-apikey.yml"])
+def test_promtool_check_config(config: str, tmp_path: Path) -> None:
+    # Also loads rule_files, which resolve relative to the config. The API-key config names a
+    # credentials file that exists only in the container: checked from a copy that points at a
+    # local one, so promtool still checks everything.
+    shutil.copy(PROMETHEUS / "rules.yml", tmp_path)
+    key = tmp_path / "maskserve_api_key"
+    key.write_text("test-key\n")
+    text = (PROMETHEUS / config).read_text().replace("/run/secrets/maskserve_api_key", str(key))
+    (tmp_path / config).write_text(text)
+    result = run([tool("promtool"), "check", "config", str(tmp_path / config)])
     assert result.returncode == 0, output(result)
     assert "1 rule files found" in result.stdout, output(result)
 

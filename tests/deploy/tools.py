@@ -21,7 +21,7 @@ TOOLS_BIN = ROOT / ".tools" / "bin"
 DOCKERFILES = {"cpu": ROOT / "docker" / "Dockerfile.cpu", "gpu": ROOT / "docker" / "Dockerfile.gpu"}
 # The UID the images run as, and that k8s/base's securityContext names.
 IMAGE_UID = "10001"
-OVERLAYS = ("cpu", "gpu")
+OVERLAYS = ("cpu", "gpu", "cpu-apikey")
 # The oldest Kubernetes minor still supported upstream when this was written; the manifests use
 # nothing newer (kubernetes-validate checks them against this version's schemas).
 KUBERNETES_VERSION = "1.30.0"

@@ -70,6 +70,8 @@ def test_wheel_has_one_top_level_name_and_the_demo_bundle(wheel: Path) -> None:
     assert top == {"maskserve", next(t for t in top if t.endswith(".dist-info"))}, sorted(top)
     for name in ("bundle.json", "model.onnx"):
         assert f"maskserve/assets/shapes/{name}" in names
+    for path in (ROOT / "service" / "page" / "static").iterdir():  # the page's package data
+        assert f"maskserve/service/page/static/{path.name}" in names, path
     # Every module of the mapped folders is in the wheel, under the one root.
     for folder in ("service", "model", "export"):
         for path in (ROOT / folder).rglob("*.py"):
@@ -173,6 +175,9 @@ def test_installed_wheel_serves_the_demo_model(served: str) -> None:
     assert body["model"] == "shapes" and body["image"] == {"width": 256, "height": 256}
     labels = {segment["label"] for segment in body["segments"]}
     assert {"sky", "ground", "square"} <= labels, labels
+    page = httpx.get(f"{served}/", timeout=10)
+    assert page.status_code == 200 and 'src="/page/app.js"' in page.text
+    assert httpx.get(f"{served}/page/rle.js", timeout=10).status_code == 200
 
 
 def test_without_an_onnxruntime_extra_serve_says_which_to_install(wheel: Path, tmp_path: Path) -> None:

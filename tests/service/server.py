@@ -18,6 +18,7 @@ import uvicorn
 
 from maskserve.service.app import create_app
 from maskserve.service.backends import Backend
+from maskserve.service.server import uvicorn_config
 from maskserve.service.settings import Settings
 from maskserve.service.state import BackendWrapper, ServerState
 
@@ -90,7 +91,7 @@ def running_server(
     port = free_port()
     settings = Settings(bundle=bundle, host="127.0.0.1", port=port, **overrides)  # type: ignore[arg-type]
     app = create_app(settings, wrap_backend=wrap_backend, cpu_flags=cpu_flags)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    server = uvicorn.Server(uvicorn_config(app, app.state.server, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     base_url = f"http://127.0.0.1:{port}"

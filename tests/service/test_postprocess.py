@@ -6,7 +6,14 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as coco_mask
 
-from maskserve.service.postprocess import PanopticRule, PostProcessor, TaskParams, column_major_resized, resize_indices
+from maskserve.service.postprocess import (
+    PanopticRule,
+    PostProcessor,
+    TaskParams,
+    column_major_resized,
+    resize_indices,
+    resize_runs,
+)
 from maskserve.service.preprocess import Letterbox
 
 LABELS = ("circle", "square", "sky", "ground")
@@ -137,3 +144,27 @@ def test_instance_sorts_filters_and_upsamples() -> None:
     first = _decode(segments[1])
     assert first[:8, :8].all() and first.sum() == 64  # one 1/4-res cell = 4x4 canvas px = 8x8 original px
     assert postprocess(out, box, TaskParams("instance", 0.7, 0.5, 0.8))[0].label_id == 1
+
+
+def test_resize_runs_are_resize_indices() -> None:
+    rng = np.random.default_rng(3)
+    cases = [(64, 64.0, 64), (64, 40.0, 117), (64, 21.0, 5), (16, 8.25, 37), (32, 32.0, 128), (512, 1.0, 2_000_003)]
+    cases += [(int(s), float(rng.uniform(0.5, s)), int(rng.integers(1, 5000))) for s in rng.integers(1, 300, 300)]
+    cases += [(s, s / 4, t) for s, t in [(128, 511), (128, 512), (40, 3), (1, 7), (3, 1)]]
+    for source, valid, target in cases:
+        indices, counts = resize_runs(source, valid, target)
+        assert np.array_equal(np.repeat(indices, counts), resize_indices(source, valid, target)), (
+            source,
+            valid,
+            target,
+        )
+        assert (counts > 0).all() and (np.diff(indices) > 0).all()
+
+
+def test_a_wide_strip_needs_no_wide_intermediate() -> None:
+    canvas_map = np.arange(8 * 8, dtype=np.int8).reshape(8, 8)
+    box = Letterbox(canvas=(8, 8), valid=(1, 8), original=(1, 3_000_000))
+    flat = column_major_resized(canvas_map, box)
+    assert flat.shape == (3_000_000,) and flat.dtype == np.int8
+    assert np.array_equal(np.unique(flat), np.arange(8))
+    assert (np.diff(flat) >= 0).all()  # columns in order, each repeated 375,000 times

@@ -55,6 +55,37 @@ def test_serve_cli_errors_are_one_line(tmp_path: Path, swin_bundle: Path) -> Non
     assert result.returncode == 2 and "invalid" in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
+def test_label_studio_settings_read_label_studios_own_names(monkeypatch: pytest.MonkeyPatch, swin_bundle: Path) -> None:
+    monkeypatch.setenv("LABEL_STUDIO_URL", "http://label-studio:8080")
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", "secret-token")
+    monkeypatch.setenv("MASKSERVE_LABELSTUDIO_ALLOWED_HOSTS", "images.example.com, Files.Example.com:9000,[::1]:8081")
+    settings = Settings(bundle=swin_bundle)
+    assert str(settings.labelstudio_url) == "http://label-studio:8080/"
+    assert (
+        settings.labelstudio_api_key is not None and settings.labelstudio_api_key.get_secret_value() == "secret-token"
+    )
+    assert "secret-token" not in repr(settings)
+    assert settings.labelstudio_allowed_hosts == ["images.example.com", "files.example.com:9000", "[::1]:8081"]
+    monkeypatch.setenv("MASKSERVE_LABELSTUDIO_URL", "https://ls.internal")  # ours wins
+    assert str(Settings(bundle=swin_bundle).labelstudio_url) == "https://ls.internal/"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "needle"),
+    [
+        ({"labelstudio_allowed_hosts": "http://images.example.com"}, "not a host name or host:port"),
+        ({"labelstudio_allowed_hosts": "user@images.example.com"}, "not a host name or host:port"),
+        ({"labelstudio_allowed_hosts": "images.example.com/path"}, "not a host name or host:port"),
+        ({"model_name": "{{.Name}}"}, "model_name"),  # KServe's template, unrendered outside KServe
+        ({"model_name": "a/b"}, "model_name"),
+        ({"labelstudio_format": "rle"}, "labelstudio_format"),
+    ],
+)
+def test_protocol_settings_are_validated(swin_bundle: Path, overrides: dict, needle: str) -> None:
+    with pytest.raises(ValidationError, match=needle):
+        Settings(**{"bundle": swin_bundle, **overrides})
+
+
 def test_panoptic_rule_defaults_to_maskformer(swin_bundle: Path) -> None:
     assert Settings(bundle=swin_bundle).panoptic_rule == "maskformer"
     for rule in ("maskformer", "mask2former", "transformers"):

@@ -8,7 +8,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from maskserve.bundle import SERVED_OUTPUTS, TASK_OUTPUTS, Bundle
+from maskserve.bundle import SERVED_OUTPUTS, TASK_OUTPUTS, Bundle, PanopticUpsampling
 from maskserve.service.backends import BackendError
 from maskserve.service.backends.ort import OnnxRuntimeBackend, provider_chain
 
@@ -24,6 +24,15 @@ def _feeds(batch: int, canvas: tuple[int, int], seed: int) -> dict[str, np.ndarr
     }
 
 
+def _assert_as_fused(got: dict[str, np.ndarray], fused: dict[str, np.ndarray], names: list[str]) -> None:
+    for name in names:
+        assert got[name].shape == fused[name].shape and got[name].dtype == fused[name].dtype, name
+        if got[name].dtype.kind == "f":
+            np.testing.assert_allclose(got[name], fused[name], atol=1e-5, err_msg=name)
+        else:
+            assert (got[name] == fused[name]).mean() >= 0.9999, name
+
+
 @pytest.mark.parametrize("backbone", ["swin", "resnet"])
 def test_staged_equals_fused(bundle_factory, backbone: str) -> None:
     path = Bundle.load(bundle_factory(backbone)).model_path
@@ -33,13 +42,7 @@ def test_staged_equals_fused(bundle_factory, backbone: str) -> None:
     outputs = list(SERVED_OUTPUTS)
     for batch, canvas in [(1, (128, 128)), (3, (128, 192))]:
         feeds = _feeds(batch, canvas, seed=batch)
-        a, b = staged.run(feeds, outputs), fused.run(feeds, outputs)
-        for name in outputs:
-            assert a[name].shape == b[name].shape and a[name].dtype == b[name].dtype, name
-            if a[name].dtype.kind == "f":
-                np.testing.assert_allclose(a[name], b[name], atol=1e-5, err_msg=name)
-            else:
-                assert (a[name] == b[name]).mean() >= 0.9999, name
+        _assert_as_fused(staged.run(feeds, outputs), fused.run(feeds, outputs), outputs)
 
 
 def test_staged_runs_only_requested_heads(swin_bundle: Path) -> None:
@@ -63,3 +66,59 @@ def test_provider_chain() -> None:
     ]
     with pytest.raises(BackendError, match="not available"):
         provider_chain("tensorrt", ["CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize("backbone", ["swin", "resnet"])
+def test_host_head_equals_head_sessions_and_fused(bundle_factory, backbone: str) -> None:
+    """The default CPU backend computes semantic/panoptic on the host: bit for bit the head
+    sessions' outputs, and the fused session's (as staged execution is, above)."""
+    path = Bundle.load(bundle_factory(backbone)).model_path
+    host = OnnxRuntimeBackend(path, max_batch=8, provider="cpu")
+    sessions = OnnxRuntimeBackend(path, max_batch=8, provider="cpu", host_head=False)
+    fused = OnnxRuntimeBackend(path, max_batch=8, provider="cpu", staged=False)
+    assert host.host_tasks == ("panoptic", "semantic") and not sessions.host_head and not fused.host_head
+    everything = list(SERVED_OUTPUTS)
+    probabilities = int(PanopticUpsampling.PROBABILITIES)
+    for batch, canvas, outputs, order in [
+        (1, (128, 128), everything, None),
+        (3, (128, 192), everything, None),  # mixed orders: the panoptic head session
+        (3, (128, 192), everything, probabilities),  # the host's panoptic head
+        (2, (192, 128), list(TASK_OUTPUTS["semantic"]), None),
+        (2, (128, 192), ["panoptic_map", "panoptic_areas"], probabilities),
+    ]:
+        feeds = _feeds(batch, canvas, seed=batch + canvas[0])
+        if order is not None:
+            feeds["panoptic_upsampling"][:] = order
+        assert host._host_follows("panoptic", feeds) == (order == probabilities)
+        feeds["image_sizes"] -= np.array([3, 1])  # letterboxed to sizes that are not multiples of 4
+        feeds["score_threshold"][0] = 0.0
+        a, b, c = host.run(feeds, outputs), sessions.run(feeds, outputs), fused.run(feeds, outputs)
+        assert sorted(a) == sorted(outputs)
+        for name in outputs:
+            assert a[name].dtype == b[name].dtype and np.array_equal(a[name], b[name]), name
+        _assert_as_fused(a, c, outputs)
+
+
+@pytest.mark.parametrize("reason", ["graph", "resize"])
+def test_host_head_falls_back_to_head_sessions(swin_bundle: Path, monkeypatch: pytest.MonkeyPatch, reason: str) -> None:
+    """A graph the host head does not replicate, or an onnxruntime whose Resize rounds otherwise,
+    keeps the head sessions."""
+    from maskserve.service import bilinear, boundary_head
+
+    if reason == "graph":
+        monkeypatch.setattr(boundary_head, "graph_tensors", lambda heads: boundary_head.HostTensors({}))
+    else:
+        probe = bilinear.resize_probe
+
+        def off_by_one_ulp():  # type: ignore[no-untyped-def]
+            model, feeds, expected = probe()
+            return model, feeds, np.nextafter(expected, np.float32(np.inf))
+
+        monkeypatch.setattr(bilinear, "resize_probe", off_by_one_ulp)
+    path = Bundle.load(swin_bundle).model_path
+    backend = OnnxRuntimeBackend(path, max_batch=8, provider="cpu")
+    assert backend.staged and not backend.host_head
+    outputs = [*TASK_OUTPUTS["semantic"], *TASK_OUTPUTS["panoptic"]]
+    feeds = _feeds(2, (128, 128), seed=0)
+    expected = OnnxRuntimeBackend(path, max_batch=8, provider="cpu", staged=False).run(feeds, outputs)
+    _assert_as_fused(backend.run(feeds, outputs), expected, outputs)

@@ -1,0 +1,253 @@
+"""``python -m bench.boundary_head``: the host boundary head against ONNX Runtime's head sessions.
+
+Both sides start from the body's raw logits, as in the staged CPU backend: ONNX Runtime runs
+the semantic and the panoptic head sessions extracted from the graph; the host runs the small
+1/4-resolution session (Softmax, Sigmoid, semantic Einsum) and then
+``maskserve.service.boundary_head``. The head graph is exported alone from
+``model/fused_head.py`` at the given query and label counts (the body does not change the
+head), or taken from a bundle with ``--bundle``. Prints milliseconds per image (best and
+median of interleaved runs) and the ratio; not a unit test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import statistics
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx.utils
+import onnxruntime as ort
+import torch
+from torch import Tensor, nn
+
+from maskserve.bundle import INPUTS, RAW_OUTPUTS, TASK_OUTPUTS, Bundle, PanopticUpsampling
+from maskserve.model.fused_head import panoptic_reduction, semantic_reduction
+from maskserve.service import boundary_head
+
+HEAD_TASKS = ("semantic", "panoptic")
+
+
+class HeadOnly(nn.Module):
+    """The exported graph's semantic and panoptic heads, from the raw logits (no body)."""
+
+    def forward(
+        self,
+        pixel_values: Tensor,
+        image_sizes: Tensor,
+        score_threshold: Tensor,
+        mask_threshold: Tensor,
+        panoptic_upsampling: Tensor,
+        class_logits: Tensor,
+        mask_logits: Tensor,
+    ) -> tuple[Tensor, ...]:
+        height, width = pixel_values.shape[-2], pixel_values.shape[-1]
+        class_probs, mask_probs = class_logits.softmax(dim=-1), mask_logits.sigmoid()
+        rows = torch.arange(height).view(1, -1, 1) < image_sizes[:, 0].view(-1, 1, 1)
+        cols = torch.arange(width).view(1, 1, -1) < image_sizes[:, 1].view(-1, 1, 1)
+        semantic = semantic_reduction(class_probs, mask_probs, (height, width))
+        semantic = torch.where(rows & cols, semantic, torch.full_like(semantic, -1))
+        panoptic = panoptic_reduction(
+            class_probs,
+            mask_logits,
+            mask_probs,
+            image_sizes,
+            score_threshold,
+            mask_threshold,
+            panoptic_upsampling,
+            (height, width),
+        )
+        return (semantic, *(panoptic[name] for name in TASK_OUTPUTS["panoptic"]))
+
+
+def export_head(path: Path, num_queries: int, num_labels: int) -> Path:
+    """Export ``HeadOnly`` as the bundle exporter exports the model (dynamo, opset 18, optimized).
+
+    Inputs are the bundle's graph inputs then ``class_logits``/``mask_logits``, outputs the
+    semantic and panoptic task outputs; batch, height and width are dynamic.
+    """
+    batch, height, width = torch.export.Dim("batch", min=1, max=64), torch.export.Dim("h8"), torch.export.Dim("w8")
+    args = (
+        torch.zeros(2, 3, 64, 96),
+        torch.tensor([[64, 96], [40, 55]]),
+        torch.tensor([0.0, 0.3]),
+        torch.tensor([0.5, 0.4]),
+        torch.tensor([PanopticUpsampling.PROBABILITIES, PanopticUpsampling.LOGITS], dtype=torch.int32),
+        torch.randn(2, num_queries, num_labels + 1),
+        torch.randn(2, num_queries, 16, 24),
+    )
+    dynamic_shapes = (
+        {0: batch, 2: 32 * height, 3: 32 * width},
+        {0: batch},
+        {0: batch},
+        {0: batch},
+        {0: batch},
+        {0: batch},
+        {0: batch, 2: 8 * height, 3: 8 * width},
+    )
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            HeadOnly(),
+            args,
+            dynamo=True,
+            opset_version=18,
+            input_names=[*INPUTS, *RAW_OUTPUTS],
+            output_names=["semantic_map", *TASK_OUTPUTS["panoptic"]],
+            dynamic_shapes=dynamic_shapes,
+            optimize=True,
+            verbose=False,
+        )
+    assert program is not None
+    program.save(str(path))
+    return path
+
+
+def trained_like(
+    rng: np.random.Generator, batch: int, num_queries: int, num_labels: int, low_hw: tuple[int, int], segments: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Logits shaped like a trained model's: ``class_logits (B, Q, K+1)``, ``mask_logits (B, Q, h, w)``.
+
+    ``segments`` decisive queries own the cells of a Voronoi partition (mask logits are a signed
+    distance to the cell's edge, so masks are spatially coherent and cross 0 on the edges); the
+    rest predict no-object with smooth, mostly negative masks. One decisive query is duplicated
+    exactly (ties everywhere) and one nearly (differences of 1e-6).
+    """
+    h, w = low_hw
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float64)
+    class_logits = rng.normal(0.0, 1.0, (batch, num_queries, num_labels + 1))
+    class_logits[:, :, -1] += 6.0
+    mask_logits = np.empty((batch, num_queries, h, w))
+    for b in range(batch):
+        seeds = rng.uniform((0, 0), (h, w), (segments, 2))
+        distance = np.hypot(ys - seeds[:, 0, None, None], xs - seeds[:, 1, None, None])  # (S, h, w)
+        nearest_other = np.sort(distance, axis=0)
+        for s in range(segments):
+            other = np.where(distance[s] == nearest_other[0], nearest_other[1], nearest_other[0])
+            mask_logits[b, s] = 0.6 * (other - distance[s])
+            class_logits[b, s, rng.integers(num_labels)] += 10.0
+            class_logits[b, s, -1] -= 6.0
+        coarse = rng.normal(-4.0, 2.0, (num_queries - segments, h // 16 + 2, w // 16 + 2))
+        mask_logits[b, segments:] = np.kron(coarse, np.ones((16, 16)))[:, :h, :w]
+        mask_logits[b, segments], class_logits[b, segments] = mask_logits[b, 0], class_logits[b, 0]
+        mask_logits[b, segments + 1] = mask_logits[b, 1] + 1e-6
+        class_logits[b, segments + 1] = class_logits[b, 1]
+    return class_logits.astype(np.float32), mask_logits.astype(np.float32)
+
+
+class Heads:
+    """The two ways to run the semantic and panoptic heads from raw logits, on one head graph."""
+
+    def __init__(self, model: onnx.ModelProto, threads: int) -> None:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        extractor = onnx.utils.Extractor(model)
+        sources = [name for name in (*INPUTS, *RAW_OUTPUTS) if name in {i.name for i in model.graph.input}]
+
+        def session(inputs: list[str], outputs: list[str]) -> ort.InferenceSession:
+            graph = extractor.extract_model(inputs, outputs).SerializeToString()
+            return ort.InferenceSession(graph, sess_options=options, providers=["CPUExecutionProvider"])
+
+        self.heads = {task: session(sources, list(TASK_OUTPUTS[task])) for task in HEAD_TASKS}
+        heads = {task: extractor.extract_model(sources, list(TASK_OUTPUTS[task])) for task in HEAD_TASKS}
+        found = boundary_head.graph_tensors(heads).names
+        assert set(found) == set(HEAD_TASKS), "the head graph is not the shape the host head replicates"
+        self.low = session(list(RAW_OUTPUTS), [*found["panoptic"], *found["semantic"]])
+
+    def ort(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out: dict[str, np.ndarray] = {}
+        for task, head in self.heads.items():
+            names = [i.name for i in head.get_inputs()]
+            out.update(
+                zip(TASK_OUTPUTS[task], head.run(list(TASK_OUTPUTS[task]), {n: feeds[n] for n in names}), strict=True)
+            )
+        return out
+
+    def host(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        class_probs, mask_probs, segmentation = self.low.run(None, {n: feeds[n] for n in RAW_OUTPUTS})
+        canvas = (feeds["pixel_values"].shape[2], feeds["pixel_values"].shape[3])
+        sizes = feeds["image_sizes"]
+        return {
+            **boundary_head.semantic_outputs(segmentation, sizes, canvas),
+            **boundary_head.panoptic_outputs(
+                class_probs, mask_probs, sizes, feeds["score_threshold"], feeds["mask_threshold"], canvas
+            ),
+        }
+
+
+def _interleaved_ms(runs: dict[str, Callable[[], object]], repeats: int) -> dict[str, tuple[float, float]]:
+    """Best and median milliseconds of each run, alternating between them so that both see the
+    same machine load (shared CPUs)."""
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for run in runs.values():
+        run()  # warm-up: session arenas, page faults
+    for _ in range(repeats):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(1000 * (time.perf_counter() - start))
+    return {name: (min(values), statistics.median(values)) for name, values in times.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--bundle", type=Path, help="take the head from this bundle instead of exporting it alone")
+    parser.add_argument("--queries", type=int, default=100)
+    parser.add_argument("--labels", type=int, default=150)
+    parser.add_argument("--side", type=int, default=512, help="square canvas side (multiple of 32)")
+    parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: all cores)")
+    parser.add_argument("--repeats", type=int, default=10)
+    args = parser.parse_args()
+    num_queries, num_labels = args.queries, args.labels
+    if args.bundle is not None:
+        bundle = Bundle.load(args.bundle)
+        model = onnx.load(str(bundle.model_path))
+        num_queries, num_labels = bundle.manifest.num_queries, len(bundle.manifest.labels)
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            model = onnx.load(str(export_head(Path(tmp) / "head.onnx", num_queries, num_labels)))
+    heads = Heads(model, args.threads)
+    rng = np.random.default_rng(0)
+    low_hw = (args.side // 4, args.side // 4)
+    inputs = {
+        "trained-like": trained_like(rng, 1, num_queries, num_labels, low_hw, segments=12),
+        "noise": (
+            rng.normal(0, 3, (1, num_queries, num_labels + 1)).astype(np.float32),
+            rng.normal(0, 4, (1, num_queries, *low_hw)).astype(np.float32),
+        ),
+    }
+    print(f"Q={num_queries} K={num_labels} canvas {args.side}x{args.side}, ORT {ort.__version__}, batch 1")
+    for name, (class_logits, mask_logits) in inputs.items():
+        feeds = {
+            "pixel_values": np.zeros((1, 3, args.side, args.side), np.float32),
+            "image_sizes": np.array([[args.side, args.side - 37]], np.int64),
+            "score_threshold": np.array([0.5], np.float32),
+            "mask_threshold": np.array([0.5], np.float32),
+            # The order the host head follows (the transformers rule): see boundary_head.HostTensors.
+            "panoptic_upsampling": np.array([PanopticUpsampling.PROBABILITIES], np.int32),
+            "class_logits": class_logits,
+            "mask_logits": mask_logits,
+        }
+        expected, got = heads.ort(feeds), heads.host(feeds)
+        equal = all(np.array_equal(expected[k], got[k]) for k in expected)
+        runs = {"ort": lambda: heads.ort(feeds), "host": lambda: heads.host(feeds)}  # noqa: B023
+        ms = _interleaved_ms(runs, args.repeats)
+        (ort_best, ort_median), (host_best, host_median) = ms["ort"], ms["host"]
+        print(
+            f"{name:>12}: ORT heads {ort_best:6.1f} ms (median {ort_median:6.1f}), host boundary head "
+            f"{host_best:6.1f} ms (median {host_median:6.1f}), ratio {ort_best / host_best:4.2f}x best, "
+            f"{ort_median / host_median:4.2f}x median; outputs equal: {equal}"
+        )
+
+
+if __name__ == "__main__":
+    main()

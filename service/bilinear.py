@@ -1,0 +1,204 @@
+"""ONNX Runtime's bilinear Resize (linear, ``half_pixel``) reproduced in NumPy, bit for bit, on
+any subset of the output: the geometry of each output row and column (its two input positions
+and weights, from ``SetupUpsampleBilinear`` in onnxruntime/core/providers/cpu/tensor/upsample.cc)
+and the float32 interpolation ``dx2*dy2*X11 + dx1*dy2*X21 + dx2*dy1*X12 + dx1*dy1*X22``, left to
+right (``UpsampleBilinear`` in upsample.h). ``maskserve.service.boundary_head`` decides whole
+cells from their corners and calls this only for the pixels it cannot decide.
+
+``resize_probe`` lets the ONNX Runtime backend check, once at start-up, that the installed
+ONNX Runtime computes exactly this (other versions and architectures interpolate separably).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeVar
+
+import numpy as np
+import numpy.typing as npt
+
+if TYPE_CHECKING:
+    import onnx
+
+F32 = npt.NDArray[np.float32]
+T = TypeVar("T", bound=np.generic)
+Index = npt.NDArray[np.intp]
+
+
+@dataclass(frozen=True)
+class Axis:
+    """ORT's linear-resize table for one axis, its output positions grouped into bands.
+
+    A band is a run of output positions that interpolate between the same two input positions
+    (``lo``, ``hi``; equal at a clamped edge); a cell is a (row band, column band) pair.
+    """
+
+    lo: Index  # (n_out,) ORT's in_x1
+    hi: Index  # (n_out,) ORT's in_x2
+    w_lo: F32  # (n_out,) weight of lo, ORT's dx2
+    w_hi: F32  # (n_out,) weight of hi, ORT's dx1
+    band: Index  # (n_out,) band of each output position
+    band_lo: Index  # (n_bands,)
+    band_hi: Index  # (n_bands,)
+    start: Index  # (n_bands,) first output position of each band
+    valid: Index  # (n_bands,) how many of the band's positions are inside the image
+    adjacent: bool  # bands pair each input position with the next, the last with itself (upsampling)
+
+
+def axis_table(n_in: int, n_out: int, n_valid: int) -> Axis:
+    f32 = np.float32
+    scale = f32(n_out) / f32(n_in)
+    out = np.arange(n_out, dtype=f32)
+    # half_pixel; ORT skips the transform when the scale is 1.
+    original = out if scale == 1 else (out + f32(0.5)) / scale - f32(0.5)
+    original = np.maximum(f32(0), np.minimum(original, f32(n_in - 1)))
+    lo = np.minimum(original.astype(np.intp), n_in - 1)
+    hi = np.minimum(lo + 1, n_in - 1)
+    w_hi = np.abs(original - lo.astype(f32))
+    w_lo = np.abs(original - hi.astype(f32))
+    clamped = lo == hi
+    w_hi[clamped] = 0.5
+    w_lo[clamped] = 0.5
+    pairs, start, band = np.unique(lo * n_in + hi, return_index=True, return_inverse=True)
+    sizes = np.diff(np.append(start, n_out))
+    return Axis(
+        lo=lo,
+        hi=hi,
+        w_lo=w_lo,
+        w_hi=w_hi,
+        band=band.astype(np.intp),
+        band_lo=(pairs // n_in).astype(np.intp),
+        band_hi=(pairs % n_in).astype(np.intp),
+        start=start.astype(np.intp),
+        valid=np.clip(n_valid - start, 0, sizes).astype(np.intp),
+        adjacent=len(pairs) == n_in
+        and bool((pairs == np.arange(n_in) * n_in + np.minimum(np.arange(n_in) + 1, n_in - 1)).all()),
+    )
+
+
+class Grid:
+    """The cells of one ``h x w -> H x W`` upsampling, restricted to an image's valid region."""
+
+    def __init__(self, low_hw: tuple[int, int], canvas: tuple[int, int], image_size: tuple[int, int]) -> None:
+        valid_h, valid_w = min(image_size[0], canvas[0]), min(image_size[1], canvas[1])
+        self.rows = axis_table(low_hw[0], canvas[0], valid_h)
+        self.cols = axis_table(low_hw[1], canvas[1], valid_w)
+        self.canvas = canvas
+        self.valid_hw = (valid_h, valid_w)
+        self.valid = self.rows.valid[:, None] * self.cols.valid[None, :]  # (rows, cols) valid pixels per cell
+
+    def corners(self, x: npt.NDArray[T]) -> tuple[npt.NDArray[T], npt.NDArray[T], npt.NDArray[T], npt.NDArray[T]]:
+        """The four corner values of every cell: ``(..., h, w)`` -> four ``(..., rows, cols)``."""
+        r1, r2 = self.rows.band_lo[:, None], self.rows.band_hi[:, None]
+        c1, c2 = self.cols.band_lo[None, :], self.cols.band_hi[None, :]
+        return x[..., r1, c1], x[..., r1, c2], x[..., r2, c1], x[..., r2, c2]
+
+    def expand(self, per_cell: npt.NDArray[T]) -> npt.NDArray[T]:
+        """``(rows, cols)`` -> ``(valid_h, valid_w)``: each cell's value on its valid pixels."""
+        valid_h, valid_w = self.valid_hw
+        return per_cell[self.rows.band[:valid_h, None], self.cols.band[None, :valid_w]]
+
+    def pixels(self, cell_rows: Index, cell_cols: Index) -> tuple[Index, Index, Index]:
+        """The valid pixels of the given cells: ``(owner, y, x)``, owner indexing the cells."""
+        height, width = self.rows.valid[cell_rows], self.cols.valid[cell_cols]
+        counts = height * width
+        owner = np.repeat(np.arange(len(counts)), counts)
+        offset = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
+        cell_width = width[owner]
+        y = self.rows.start[cell_rows][owner] + offset // cell_width
+        x = self.cols.start[cell_cols][owner] + offset % cell_width
+        return owner, y, x
+
+    def interpolate(self, low: F32, y: Index, x: Index, channel: Index | None = None) -> F32:
+        """ORT's bilinear value at canvas pixels ``(y, x)``, bit for bit.
+
+        ``low`` is ``(C, h, w)``; the result is ``(C, n)``, or ``(n,)`` with one ``channel`` per pixel.
+        """
+        rows, cols = self.rows, self.cols
+        y1, y2, x1, x2 = rows.lo[y], rows.hi[y], cols.lo[x], cols.hi[x]
+        dy2, dy1, dx2, dx1 = rows.w_lo[y], rows.w_hi[y], cols.w_lo[x], cols.w_hi[x]
+        if channel is None:
+            x11, x21, x12, x22 = low[:, y1, x1], low[:, y1, x2], low[:, y2, x1], low[:, y2, x2]
+        else:
+            x11, x21, x12, x22 = low[channel, y1, x1], low[channel, y1, x2], low[channel, y2, x1], low[channel, y2, x2]
+        # Each weight product first, then the sums left to right, as ORT's expression evaluates.
+        value: F32 = (((dx2 * dy2) * x11 + (dx1 * dy2) * x21) + (dx2 * dy1) * x12) + (dx1 * dy1) * x22
+        return value
+
+    def corner_range(self, low: F32, cell_rows: Index | None = None, cell_cols: Index | None = None) -> tuple[F32, F32]:
+        """Per-channel min and max over each cell's four corners: ``(C, h, w)`` -> two ``(C, rows, cols)``.
+
+        With ``cell_rows``/``cell_cols`` (n,), only those cells: two ``(C, n)``.
+        """
+        rows, cols = self.rows, self.cols
+        if cell_rows is not None and cell_cols is not None:
+            r1, r2, c1, c2 = (
+                rows.band_lo[cell_rows],
+                rows.band_hi[cell_rows],
+                cols.band_lo[cell_cols],
+                cols.band_hi[cell_cols],
+            )
+            a, b, c, d = low[:, r1, c1], low[:, r1, c2], low[:, r2, c1], low[:, r2, c2]
+            return np.minimum(np.minimum(a, b), np.minimum(c, d)), np.maximum(np.maximum(a, b), np.maximum(c, d))
+        # Separable: the column pair first, then the row pair.
+        small = pair_reduce(pair_reduce(low, cols, -1, np.minimum), rows, -2, np.minimum)
+        large = pair_reduce(pair_reduce(low, cols, -1, np.maximum), rows, -2, np.maximum)
+        return small, large
+
+    def upsample(self, low: F32) -> F32:
+        """ORT's bilinear upsampling on the valid region, bit for bit: ``(C, h, w)`` -> ``(C, valid_h, valid_w)``."""
+        (valid_h, valid_w), rows, cols = self.valid_hw, self.rows, self.cols
+        top, bottom = np.take(low, rows.lo[:valid_h], axis=-2), np.take(low, rows.hi[:valid_h], axis=-2)
+        x1, x2 = cols.lo[:valid_w], cols.hi[:valid_w]
+        dy2, dy1 = rows.w_lo[:valid_h, None], rows.w_hi[:valid_h, None]
+        dx2, dx1 = cols.w_lo[None, :valid_w], cols.w_hi[None, :valid_w]
+        value = (dx2 * dy2) * np.take(top, x1, axis=-1) + (dx1 * dy2) * np.take(top, x2, axis=-1)
+        value = value + (dx2 * dy1) * np.take(bottom, x1, axis=-1)
+        result: F32 = value + (dx1 * dy1) * np.take(bottom, x2, axis=-1)
+        return result
+
+    def max_cell_pixels(self) -> int:
+        height = np.diff(np.append(self.rows.start, self.canvas[0])).max()
+        return int(height * np.diff(np.append(self.cols.start, self.canvas[1])).max())
+
+
+def pair_reduce(low: F32, table: Axis, axis: int, reduce: np.ufunc) -> F32:
+    """``reduce`` (np.minimum or np.maximum) over each band's two input positions along ``axis``."""
+    if not table.adjacent:
+        result: F32 = reduce(np.take(low, table.band_lo, axis=axis), np.take(low, table.band_hi, axis=axis))
+        return result
+    # Slices instead of gathers; the last band pairs the last position with itself.
+    n = low.shape[axis]
+    head, tail, last = ([slice(None)] * low.ndim for _ in range(3))
+    head[axis], tail[axis], last[axis] = slice(0, n - 1), slice(1, n), slice(n - 1, n)
+    return np.concatenate((reduce(low[tuple(head)], low[tuple(tail)]), low[tuple(last)]), axis=axis)
+
+
+def resize_probe() -> tuple[onnx.ModelProto, dict[str, npt.NDArray[np.generic]], F32]:
+    """A one-node Resize graph like the heads', feeds for it, and the output this module computes.
+
+    Equality at the boundary pixels rests on replicating ONNX Runtime's Resize arithmetic, which
+    differs between its versions and architectures (newer builds interpolate separably, with
+    NEON on ARM): the backend runs this graph once and uses the host head only if they agree.
+    """
+    from onnx import TensorProto, helper
+
+    node = helper.make_node(
+        "Resize", ["x", "", "", "sizes"], ["y"], mode="linear", coordinate_transformation_mode="half_pixel"
+    )
+    graph = helper.make_graph(
+        [node],
+        "resize_probe",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, None),
+            helper.make_tensor_value_info("sizes", TensorProto.INT64, [4]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    rng = np.random.default_rng(0)
+    # Magnitudes from subnormal to large, on an odd-sized map (edge clamping on both sides).
+    low = (rng.random((3, 13, 17)) * 10.0 ** rng.integers(-40, 4, (3, 13, 17))).astype(np.float32)
+    feeds: dict[str, npt.NDArray[np.generic]] = {"x": low[None], "sizes": np.array([1, 3, 52, 68], np.int64)}
+    expected = Grid((13, 17), (52, 68), (52, 68)).upsample(low)[None]
+    return model, feeds, expected

@@ -1,0 +1,1 @@
+"""The try-it page at ``/``: its static files (``static/``) and their routes (``routes``)."""
