@@ -5,10 +5,10 @@ then only the heads of the tasks the batch asked for. ONNX Runtime computes ever
 session whatever outputs are fetched, and the three heads together cost about half as much as
 the body on a CPU (upsampling 100-150 maps to full resolution); on a GPU they are cheap and one
 fused graph is kept, so nothing leaves the device between stages. With ``host_head`` (the
-default), the semantic head and, for images whose masks are upsampled as probabilities (the
-``transformers`` panoptic rule), the panoptic head run on the host instead
-(``maskserve.service.boundary_head``), from the graph's own 1/4-resolution Softmax, Sigmoid and
-Einsum, upsampling only where a decision can change; their outputs equal the head sessions'.
+default), the semantic and the panoptic heads run on the host instead
+(``maskserve.service.boundary_head``, ``boundary_panoptic``), from the graph's own
+1/4-resolution Softmax, Sigmoid and Einsum and the raw mask logits, upsampling only where a
+decision can change; their outputs equal the head sessions' in both panoptic upsampling orders.
 
 The module is named ``ort`` so that it never shadows the ``onnxruntime`` package it wraps.
 """
@@ -25,9 +25,9 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
-from maskserve.bundle import INPUTS, RAW_OUTPUTS, TASK_OUTPUTS, Task
+from maskserve.bundle import INPUTS, RAW_OUTPUTS, TASK_OUTPUTS, PanopticUpsampling, Task
 from maskserve.errors import first_line
-from maskserve.service import bilinear, boundary_head
+from maskserve.service import bilinear, boundary_head, boundary_panoptic, logistic
 from maskserve.service.backends.base import BackendError
 
 log = logging.getLogger("maskserve")
@@ -120,6 +120,7 @@ class OnnxRuntimeBackend:
         self._host_low: dict[tuple[Task, ...], ort.InferenceSession] = {}
         self.host_tasks: tuple[Task, ...] = ()
         self._panoptic_orders: frozenset[int] | None = None
+        self._sigmoid: logistic.Sigmoid | None = None
         try:
             if self.staged:
                 self._body, self._heads = self._staged_sessions(model_path, host_head and chain[0] == PROVIDERS["cpu"])
@@ -167,7 +168,20 @@ class OnnxRuntimeBackend:
                 log.warning("host head off: this onnxruntime build's Resize rounds differently from boundary_head")
                 low = {}
         self.host_tasks = tuple(sorted(low))
-        self._panoptic_orders = found.panoptic_orders
+        orders = found.panoptic_orders
+        if "panoptic" in low and orders is not None and PanopticUpsampling.LOGITS in orders:
+            # The logits order takes ONNX Runtime's Sigmoid after the upsampling: computed for
+            # boundary pixels by this session, bounded elsewhere by facts about its kernel.
+            sigmoid = logistic.session()
+            if logistic.follows_onnxruntime(sigmoid):
+                self._sigmoid = logistic.Sigmoid(sigmoid)
+            else:
+                log.warning(
+                    "logits-first panoptic images stay in ONNX Runtime: this onnxruntime build's Sigmoid "
+                    "is not the kernel boundary_panoptic bounds"
+                )
+                orders = orders - {int(PanopticUpsampling.LOGITS)}
+        self._panoptic_orders = orders
         for size in range(1, len(self.host_tasks) + 1):
             for tasks in itertools.combinations(self.host_tasks, size):
                 names = [name for task in tasks for name in low[task]]
@@ -175,7 +189,7 @@ class OnnxRuntimeBackend:
                     extractor.extract_model(list(RAW_OUTPUTS), names).SerializeToString()
                 )
         # A head the host follows for only some images keeps its session for the others.
-        only_some = {"panoptic"} if self._panoptic_orders is not None else set()
+        only_some = set() if self._follows_every_order() else {"panoptic"}
         heads = {task: head for task, head in heads.items() if task not in self.host_tasks or task in only_some}
         del extractor
         body_session = self._session(body.SerializeToString())
@@ -229,11 +243,18 @@ class OnnxRuntimeBackend:
             results.update(zip(wanted, head.run(wanted, head_feeds), strict=True))
         return results
 
+    def _follows_every_order(self) -> bool:
+        """Whether the host's panoptic head follows the graph for every ``panoptic_upsampling`` value:
+        with both orders, it takes the graph's test (``== LOGITS``, else probabilities) for any value."""
+        orders = self._panoptic_orders
+        return orders is None or orders >= {int(order) for order in PanopticUpsampling}
+
     def _host_follows(self, task: Task, feeds: Mapping[str, npt.NDArray[np.generic]]) -> bool:
         """Whether the host head gives this batch's outputs of ``task`` exactly (see ``HostTensors``)."""
-        if task != "panoptic" or self._panoptic_orders is None:
+        if task != "panoptic" or self._follows_every_order():
             return True
-        return bool(np.isin(np.asarray(feeds["panoptic_upsampling"]), list(self._panoptic_orders)).all())
+        orders = list(self._panoptic_orders or ())
+        return bool(np.isin(np.asarray(feeds["panoptic_upsampling"]), orders).all())
 
     def _run_host(
         self, tasks: Sequence[Task], available: Mapping[str, npt.NDArray[np.generic]]
@@ -247,7 +268,16 @@ class OnnxRuntimeBackend:
                 out |= boundary_head.semantic_outputs(next(low), sizes, canvas)
             else:
                 thresholds = (np.asarray(available["score_threshold"]), np.asarray(available["mask_threshold"]))
-                out |= boundary_head.panoptic_outputs(next(low), next(low), sizes, *thresholds, canvas)
+                out |= boundary_panoptic.panoptic_outputs(
+                    next(low),
+                    next(low),
+                    sizes,
+                    *thresholds,
+                    canvas,
+                    mask_logits=np.asarray(available["mask_logits"]),
+                    upsampling=np.asarray(available["panoptic_upsampling"]),
+                    sigmoid=self._sigmoid,
+                )
         return out
 
     def close(self) -> None:
@@ -256,3 +286,4 @@ class OnnxRuntimeBackend:
             self._body = None  # type: ignore[assignment]
             self._heads = {}
             self._host_low = {}
+            self._sigmoid = None
