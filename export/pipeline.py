@@ -56,6 +56,7 @@ class ExportOptions:
     default_task: Task | None = None
     name: str | None = None
     verify: bool = True
+    verify_provider: Literal["cpu", "cuda"] = "cpu"
     force: bool = False
 
 
@@ -116,9 +117,10 @@ def run_export(options: ExportOptions, log: Callable[[str], None] = print) -> Ma
 
         report: Report | None = None
         if options.verify:
-            progress("verifying against PyTorch in ONNX Runtime")
+            on = " on the GPU (CUDA execution provider)" if options.verify_provider == "cuda" else ""
+            progress(f"verifying against PyTorch in ONNX Runtime{on}")
             try:
-                report = verify(onnx_path, checkpoint.model, canvas, precision)
+                report = verify(onnx_path, checkpoint.model, canvas, precision, provider=options.verify_provider)
             except Exception as exc:  # ONNX Runtime refusing the graph is a failed verification
                 raise VerificationFailed(f"onnxruntime could not run the exported graph: {first_line(exc)}") from exc
             if not report.ok:

@@ -11,6 +11,9 @@ every failure collected, the max error reported):
 
 from __future__ import annotations
 
+import contextlib
+import sys
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -94,15 +97,39 @@ def verification_canvases(canvas: Canvas) -> list[Canvas]:
     return [canvas, other]
 
 
+def _session(onnx_path: Path, provider: str) -> ort.InferenceSession:
+    """The graph in ONNX Runtime on ``provider`` (``cpu`` or ``cuda``), never silently on another.
+
+    On the CPU an fp16 graph is computed mostly in float32 (ONNX Runtime inserts casts around
+    the operators it has no float16 kernel for), so only ``cuda`` checks the float16 arithmetic
+    itself. TF32 is off there, as in the PyTorch reference: this checks the graph, not TF32.
+    """
+    if provider == "cpu":
+        return ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is not None and "torch" not in sys.modules:
+        preload()  # torch, imported first, has loaded the CUDA libraries already
+    session = ort.InferenceSession(
+        str(onnx_path), providers=[("CUDAExecutionProvider", {"use_tf32": 0}), "CPUExecutionProvider"]
+    )
+    if session.get_providers()[0] != "CUDAExecutionProvider":
+        raise RuntimeError(f"the CUDA execution provider could not be created (got {session.get_providers()})")
+    return session
+
+
 def verify(
     onnx_path: Path,
     hf_model: MaskFormerForInstanceSegmentation,
     canvas: Canvas,
     precision: str,
     batch: int = 2,
-    providers: list[str] | None = None,
+    provider: str = "cpu",
 ) -> Report:
-    session = ort.InferenceSession(str(onnx_path), providers=providers or ["CPUExecutionProvider"])
+    """Check the graph against ``hf_model`` (float32) on ``provider``: ``cpu``, or ``cuda`` (ONNX
+    Runtime's CUDA execution provider against PyTorch on the GPU)."""
+    session = _session(onnx_path, provider)
+    device = torch.device("cuda" if provider == "cuda" else "cpu")
+    torch.nn.Module.to(hf_model, device)  # in place; transformers types its own .to() for dtypes only
     logit_limit, agreement_limit, score_limit = LIMITS[precision]
     checks: list[Check] = []
     for size in verification_canvases(canvas):
@@ -110,7 +137,8 @@ def verify(
         feeds = {name: tensor.numpy() for name, tensor in zip(INPUTS, inputs, strict=True)}
         got = dict(zip(OUTPUTS, session.run(list(OUTPUTS), feeds), strict=True))
         case = f"{batch}x{size}"
-        torch_class, torch_mask = raw_logits(hf_model, inputs[0])
+        with _no_tf32():
+            torch_class, torch_mask = (t.cpu() for t in raw_logits(hf_model, inputs[0].to(device)))
         for name, expected in (("class_logits", torch_class), ("mask_logits", torch_mask)):
             error = float(np.abs(got[name] - expected.numpy()).max())
             checks.append(Check(case, name, "max_abs_error", error, logit_limit, False))
@@ -133,6 +161,17 @@ def verify(
         agreement = float((e2e["semantic_map"].numpy() == got["semantic_map"]).mean())
         checks.append(Check(case, "semantic_map", "e2e_agreement", agreement, None, True))
     return Report(checks=checks, providers=session.get_providers())
+
+
+@contextlib.contextmanager
+def _no_tf32() -> Iterator[None]:
+    """Full float32 matmuls and convolutions on the GPU (PyTorch allows TF32 in cuDNN by default)."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 def compare_fused(

@@ -43,3 +43,18 @@ def test_fp16_and_int8_are_exclusive(tmp_path: Path, checkpoint_factory) -> None
         "export", "--model", str(checkpoint_factory("resnet")), "--out", str(tmp_path / "b"), "--fp16", "--int8"
     )
     assert result.returncode == 2 and "exclusive" in result.stderr
+
+
+def test_verify_on_cuda_never_verifies_on_the_cpu_instead(tmp_path: Path, checkpoint_factory) -> None:
+    """`--verify-provider cuda` where the CUDA provider cannot be created (this CPU build) fails the
+    verification instead of checking on the CPU and calling it the GPU's."""
+    from maskserve.service.backends.ort import ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("a CUDA build of onnxruntime is installed here")
+    out = tmp_path / "b"
+    result = run_cli(
+        "export", "--model", str(checkpoint_factory("resnet")), "--out", str(out), "--verify-provider", "cuda"
+    )
+    assert result.returncode == 1 and "CUDA execution provider could not be created" in result.stderr
+    assert not out.exists()
