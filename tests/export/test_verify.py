@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from maskserve.bundle import AreaColumn
-from maskserve.export.verify import Check, compare_fused
+from maskserve.export.verify import Check, compare_fused, scaled_logit_limit
 from maskserve.model.reference import reference_outputs
 
 ARGMAX, KEPT, MASK = AreaColumn.ARGMAX, AreaColumn.KEPT, AreaColumn.MASK
@@ -63,3 +63,11 @@ def test_a_real_area_difference_fails(ref: dict[str, npt.NDArray[Any]], query: i
     got["panoptic_areas"][0, query, column] += (undecided if column in (ARGMAX, KEPT) else 0) + 5
     check = _areas_check(got, ref)
     assert not check.ok and check.value == 5
+
+
+def test_the_raw_logit_limit_scales_with_the_largest_logit_never_below_itself() -> None:
+    small = torch.tensor([[0.2, -0.5]]).numpy()
+    large = torch.tensor([[36.0, -4.0]]).numpy()
+    assert scaled_logit_limit(1e-4, small) == 1e-4
+    assert scaled_logit_limit(1e-4, large) == pytest.approx(3.6e-3)
+    assert scaled_logit_limit(None, large) is None  # fp16/int8: reported, not gated
