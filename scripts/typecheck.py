@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TREE = ROOT / ".cache" / "typecheck"
 # Repo tools type-checked beside the package: folders or single files (with their packages'
 # __init__.py). Not all of bench/: its older modules predate the check.
-TOOLS = ("demo", "bench/trained_like.py", "bench/checkpoints.py")
+TOOLS = ("demo", "bench/trained_like.py", "bench/checkpoints.py", "bench/gpu")
 
 
 def link_tree(source: Path, target: Path) -> None:
