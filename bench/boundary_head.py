@@ -28,7 +28,7 @@ import onnxruntime as ort
 import torch
 from torch import Tensor, nn
 
-from maskserve.bundle import INPUTS, RAW_OUTPUTS, TASK_OUTPUTS, Bundle
+from maskserve.bundle import INPUTS, RAW_OUTPUTS, TASK_OUTPUTS, Bundle, PanopticUpsampling
 from maskserve.model.fused_head import panoptic_reduction, semantic_reduction
 from maskserve.service import boundary_head
 
@@ -44,6 +44,7 @@ class HeadOnly(nn.Module):
         image_sizes: Tensor,
         score_threshold: Tensor,
         mask_threshold: Tensor,
+        panoptic_upsampling: Tensor,
         class_logits: Tensor,
         mask_logits: Tensor,
     ) -> tuple[Tensor, ...]:
@@ -54,7 +55,14 @@ class HeadOnly(nn.Module):
         semantic = semantic_reduction(class_probs, mask_probs, (height, width))
         semantic = torch.where(rows & cols, semantic, torch.full_like(semantic, -1))
         panoptic = panoptic_reduction(
-            class_probs, mask_probs, image_sizes, score_threshold, mask_threshold, (height, width)
+            class_probs,
+            mask_logits,
+            mask_probs,
+            image_sizes,
+            score_threshold,
+            mask_threshold,
+            panoptic_upsampling,
+            (height, width),
         )
         return (semantic, *(panoptic[name] for name in TASK_OUTPUTS["panoptic"]))
 
@@ -71,11 +79,13 @@ def export_head(path: Path, num_queries: int, num_labels: int) -> Path:
         torch.tensor([[64, 96], [40, 55]]),
         torch.tensor([0.0, 0.3]),
         torch.tensor([0.5, 0.4]),
+        torch.tensor([PanopticUpsampling.PROBABILITIES, PanopticUpsampling.LOGITS], dtype=torch.int32),
         torch.randn(2, num_queries, num_labels + 1),
         torch.randn(2, num_queries, 16, 24),
     )
     dynamic_shapes = (
         {0: batch, 2: 32 * height, 3: 32 * width},
+        {0: batch},
         {0: batch},
         {0: batch},
         {0: batch},
@@ -149,9 +159,9 @@ class Heads:
 
         self.heads = {task: session(sources, list(TASK_OUTPUTS[task])) for task in HEAD_TASKS}
         heads = {task: extractor.extract_model(sources, list(TASK_OUTPUTS[task])) for task in HEAD_TASKS}
-        names = boundary_head.graph_tensors(heads)
-        assert names is not None, "the head graph is not the shape the host head replicates"
-        self.low = session(list(RAW_OUTPUTS), list(names))
+        found = boundary_head.graph_tensors(heads).names
+        assert set(found) == set(HEAD_TASKS), "the head graph is not the shape the host head replicates"
+        self.low = session(list(RAW_OUTPUTS), [*found["panoptic"], *found["semantic"]])
 
     def ort(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         out: dict[str, np.ndarray] = {}
@@ -222,6 +232,8 @@ def main() -> None:
             "image_sizes": np.array([[args.side, args.side - 37]], np.int64),
             "score_threshold": np.array([0.5], np.float32),
             "mask_threshold": np.array([0.5], np.float32),
+            # The order the host head follows (the transformers rule): see boundary_head.HostTensors.
+            "panoptic_upsampling": np.array([PanopticUpsampling.PROBABILITIES], np.int32),
             "class_logits": class_logits,
             "mask_logits": mask_logits,
         }

@@ -6,6 +6,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import MaskFormerForInstanceSegmentation
 
+from maskserve.bundle import PanopticUpsampling
 from maskserve.model.wrapper import ServingMaskFormer
 
 
@@ -19,6 +20,7 @@ def model_gflops(hf_model: MaskFormerForInstanceSegmentation, canvas: tuple[int,
     pixels = torch.zeros(1, 3, *canvas)
     sizes = torch.tensor([list(canvas)])
     threshold = torch.tensor([0.5])
+    upsampling = torch.tensor([PanopticUpsampling.LOGITS], dtype=torch.int32)
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:
-        serving(pixels, sizes, threshold, threshold)
+        serving(pixels, sizes, threshold, threshold, upsampling)
     return counter.get_total_flops() / 1e9

@@ -41,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     torch_predict, size = torch_predictor(args.checkpoint)
     reports = {"PyTorch + transformers post_process_*": evaluate(torch_predict, seeds, size)}
-    for rule in (PanopticRule.TRANSFORMERS, PanopticRule.PAPER):
+    for rule in (PanopticRule.TRANSFORMERS, PanopticRule.MASKFORMER):
         predict, side = bundle_predictor(args.bundle, rule)
         reports[f"bundle + maskserve host ({rule.value} rule)"] = evaluate(predict, seeds, side)
     for label, path in args.extra_bundle:

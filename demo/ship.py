@@ -68,13 +68,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     for index, earlier in enumerate(args.earlier, start=1):
         shutil.copy2(earlier / "training.json", CHECKPOINT / f"training-run{index}.json")
     side = int(json.loads((CHECKPOINT / "preprocessor_config.json").read_text())["size"]["height"])
-    export(CHECKPOINT, BUNDLE, side)
-    int8 = ROOT / ".bench" / "shapes-int8"
-    export(CHECKPOINT, int8, side, "--int8")
-
     EXAMPLES.mkdir(exist_ok=True)
     for index, seed in enumerate(EXAMPLE_SEEDS, start=1):
         save_example(generate_scene(seed, EXAMPLE_SIZE), EXAMPLES / f"scene-{index}.png")
+    export(CHECKPOINT, BUNDLE, side, "--verify-images", str(EXAMPLES))  # the examples are held-out scenes
+    int8 = ROOT / ".bench" / "shapes-int8"
+    export(CHECKPOINT, int8, side, "--int8")
 
     from demo.evaluate import main as evaluate
 

@@ -6,20 +6,32 @@ import contextlib
 import io
 import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 import onnx
 import torch
 
-from maskserve.bundle import CANVAS_MULTIPLE, INPUTS, MAX_SIDE, OUTPUTS, Canvas
+from maskserve.bundle import CANVAS_MULTIPLE, INPUTS, MAX_SIDE, OUTPUTS, Canvas, PanopticUpsampling
 from maskserve.model.wrapper import ServingMaskFormer
 
 MIN_OPSET = 18
 
 
-def sample_inputs(batch: int, canvas: Canvas, seed: int = 0) -> tuple[torch.Tensor, ...]:
-    """Fixed-seed graph inputs ``(pixel_values, image_sizes, score_threshold, mask_threshold)``.
+class GraphInputs(NamedTuple):
+    """The graph inputs, in ``maskserve.bundle.INPUTS`` order."""
 
-    The last image is letterboxed (a smaller valid region) so the padding paths are exercised.
+    pixel_values: torch.Tensor  # (B, 3, H, W) float32
+    image_sizes: torch.Tensor  # (B, 2) int64
+    score_threshold: torch.Tensor  # (B,) float32
+    mask_threshold: torch.Tensor  # (B,) float32
+    panoptic_upsampling: torch.Tensor  # (B,) int32
+
+
+def sample_inputs(batch: int, canvas: Canvas, seed: int = 0) -> GraphInputs:
+    """Fixed-seed graph inputs.
+
+    The last image is letterboxed (a smaller valid region) so the padding paths are exercised,
+    and the images alternate between the two panoptic upsampling orders.
     """
     generator = torch.Generator().manual_seed(seed)
     pixel_values = torch.randn(batch, 3, canvas.height, canvas.width, generator=generator)
@@ -28,14 +40,19 @@ def sample_inputs(batch: int, canvas: Canvas, seed: int = 0) -> tuple[torch.Tens
         sizes[-1] = torch.tensor([max(1, canvas.height * 3 // 4), max(1, canvas.width // 2 + 5)])
     score_threshold = torch.linspace(0.0, 0.3, batch)
     mask_threshold = torch.linspace(0.5, 0.4, batch)
-    return pixel_values, sizes, score_threshold, mask_threshold
+    upsampling = torch.tensor(
+        [(PanopticUpsampling.LOGITS, PanopticUpsampling.PROBABILITIES)[i % 2] for i in range(batch)]
+    )
+    return GraphInputs(pixel_values, sizes, score_threshold, mask_threshold, upsampling.to(torch.int32))
 
 
-def export_onnx(model: ServingMaskFormer, canvas: Canvas, max_batch: int, opset: int, path: Path) -> None:
+def export_onnx(model: ServingMaskFormer, trace: Canvas, max_batch: int, opset: int, path: Path) -> None:
     """Export with ``torch.onnx.export(dynamo=True)`` and write a single-file model to ``path``.
 
     The legacy TorchScript exporter silently produced wrong MaskFormer graphs (max abs error
-    about 1.0), so only the dynamo exporter is used.
+    about 1.0), so only the dynamo exporter is used. ``trace`` is the canvas of the sample
+    inputs: H and W are dynamic, but a Python branch on a shape is decided there and baked in
+    (``maskserve.export.shape_branches`` picks it; ``symbolic_swin`` removes the known branches).
     """
     batch = torch.export.Dim("batch", min=1, max=max_batch)
     height = torch.export.Dim("height_32", min=1, max=MAX_SIDE // CANVAS_MULTIPLE)
@@ -45,9 +62,10 @@ def export_onnx(model: ServingMaskFormer, canvas: Canvas, max_batch: int, opset:
         "image_sizes": {0: batch},
         "score_threshold": {0: batch},
         "mask_threshold": {0: batch},
+        "panoptic_upsampling": {0: batch},
     }
     # Batch 2 for tracing: a sample of 1 lets torch.export specialize the batch dimension.
-    args = sample_inputs(min(2, max_batch) if max_batch > 1 else 1, canvas)
+    args = sample_inputs(min(2, max_batch) if max_batch > 1 else 1, trace)
     if max_batch == 1:
         dynamic_shapes = {name: {k: v for k, v in dims.items() if k != 0} for name, dims in dynamic_shapes.items()}
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):

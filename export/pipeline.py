@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,6 +22,7 @@ from maskserve.bundle import (
     MODEL_NAME,
     OUTPUTS,
     SCHEMA_VERSION,
+    Bundle,
     Canvas,
     Manifest,
     Source,
@@ -33,9 +35,13 @@ from maskserve.bundle import (
 from maskserve.errors import first_line
 from maskserve.export.checkpoint import load_checkpoint
 from maskserve.export.errors import ExportError, VerificationFailed
-from maskserve.export.metadata import build_labels, canvas_from_preprocessor, normalization_from_preprocessor
+from maskserve.export.metadata import build_labels, canvas_from_preprocessor, normalization_from_preprocessor, warn
 from maskserve.export.onnx_export import MIN_OPSET, export_onnx, quantize_int8
-from maskserve.export.verify import Report, verify
+from maskserve.export.report import Report
+from maskserve.export.shape_branches import SwinGeometry, extra_canvas, trace_canvas
+from maskserve.export.symbolic_swin import patch_problem, symbolic_swin
+from maskserve.export.verify import verify
+from maskserve.export.verify_images import find_images, verify_images
 from maskserve.export.writer import check_destination, staged_bundle
 from maskserve.model.wrapper import ServingMaskFormer
 
@@ -56,6 +62,7 @@ class ExportOptions:
     default_task: Task | None = None
     name: str | None = None
     verify: bool = True
+    verify_images: Path | None = None
     verify_provider: Literal["cpu", "cuda"] = "cpu"
     force: bool = False
 
@@ -73,6 +80,50 @@ def validate_options(options: ExportOptions) -> None:
         raise ExportError("--fp16 and --int8 are exclusive: fp16 is for GPUs, int8 for CPUs")
     if options.opset < MIN_OPSET:
         raise ExportError(f"--opset {options.opset} is too old: the dynamo exporter needs {MIN_OPSET} or newer")
+    if options.verify_images is not None:
+        if not options.verify:
+            raise ExportError("--verify-images and --no-verify contradict each other")
+        find_images(options.verify_images)
+
+
+@dataclass(frozen=True)
+class TracePlan:
+    """Where to trace and whether MaskFormer Swin's shape branches are patched (see
+    ``maskserve.export.shape_branches``)."""
+
+    trace: Canvas
+    geometry: SwinGeometry | None
+    patched: bool
+
+    @contextlib.contextmanager
+    def tracing(self) -> Iterator[None]:
+        with symbolic_swin() if self.patched else contextlib.nullcontext():
+            yield
+
+    def context(self) -> dict[str, object]:
+        """What the bundle's verification summary records about the trace."""
+        return {"traced_at": str(self.trace), "swin_patch": self.patched if self.geometry else None}
+
+
+def plan_trace(config: Any, canvases: list[Canvas]) -> TracePlan:
+    """The trace canvas, with the Swin patch when the installed transformers has the code it
+    patches; without it, a canvas the unpatched graph cannot serve is refused (one line)."""
+    geometry = SwinGeometry.of(config)
+    trace = trace_canvas(geometry, canvases[0])
+    if geometry is None:
+        return TracePlan(trace, None, patched=False)
+    problem = patch_problem()
+    if problem is None:
+        return TracePlan(trace, geometry, patched=True)
+    warn(
+        f"transformers {transformers.__version__}: {problem}; exporting MaskFormer Swin without maskserve's "
+        f"shape patch, traced at {trace} where every stage pads"
+    )
+    for canvas in canvases:
+        reason = geometry.unservable(trace, canvas)
+        if reason is not None:
+            raise ExportError(f"canvas {canvas} cannot be served by the unpatched graph: {reason}")
+    return TracePlan(trace, geometry, patched=False)
 
 
 class _Progress:
@@ -88,7 +139,7 @@ def run_export(options: ExportOptions, log: Callable[[str], None] = print) -> Ma
     """Export, verify and write; returns the manifest. Raises ExportError / VerificationFailed."""
     validate_options(options)
     check_destination(options.out, options.force)
-    progress = _Progress(log, 5 if options.verify else 4)
+    progress = _Progress(log, 4 + options.verify + (options.verify_images is not None))
 
     progress(f"loading checkpoint {options.model}")
     checkpoint = load_checkpoint(options.model)
@@ -104,28 +155,19 @@ def run_export(options: ExportOptions, log: Callable[[str], None] = print) -> Ma
     default_task: Task = options.default_task or ("panoptic" if has_stuff else "semantic")
     precision: Literal["fp32", "fp16", "int8"] = "fp16" if options.fp16 else "int8" if options.int8 else "fp32"
 
+    plan = plan_trace(config, canvases)
     with staged_bundle(options.out, options.force) as staging:
         onnx_path = staging / MODEL_NAME
-        progress(f"tracing with torch.onnx.export(dynamo=True, opset={options.opset}) at {canvas}")
+        progress(f"tracing with torch.onnx.export(dynamo=True, opset={options.opset}) at {plan.trace}")
         body = copy.deepcopy(checkpoint.model) if options.fp16 else checkpoint.model  # keep an fp32 reference
         serving = ServingMaskFormer(body, body_dtype=torch.float16 if options.fp16 else torch.float32)
-        export_onnx(serving, canvas, options.max_batch, options.opset, onnx_path)
+        with plan.tracing():
+            export_onnx(serving, plan.trace, options.max_batch, options.opset, onnx_path)
         progress("optimizing and checking the graph" + {"fp32": "", "fp16": " (float16)", "int8": " (int8)"}[precision])
         if options.int8:
             quantize_int8(onnx_path)
         onnx.checker.check_model(str(onnx_path))
 
-        report: Report | None = None
-        if options.verify:
-            on = " on the GPU (CUDA execution provider)" if options.verify_provider == "cuda" else ""
-            progress(f"verifying against PyTorch in ONNX Runtime{on}")
-            try:
-                report = verify(onnx_path, checkpoint.model, canvas, precision, provider=options.verify_provider)
-            except Exception as exc:  # ONNX Runtime refusing the graph is a failed verification
-                raise VerificationFailed(f"onnxruntime could not run the exported graph: {first_line(exc)}") from exc
-            if not report.ok:
-                raise VerificationFailed(report.table())
-        progress(f"writing {options.out}")
         manifest = Manifest(
             schema_version=SCHEMA_VERSION,
             name=options.name or Path(checkpoint.source.rstrip("/")).name,
@@ -149,13 +191,39 @@ def run_export(options: ExportOptions, log: Callable[[str], None] = print) -> Ma
                 onnxruntime=onnxruntime.__version__,
                 opset=options.opset,
             ),
-            verification=report.summary() if report else None,
             created=datetime.now(UTC).isoformat(timespec="seconds"),
         )
+        report: Report | None = None
+        if options.verify:
+            extra = extra_canvas(plan.geometry, plan.trace, canvases, plan.patched)
+            on = " on the GPU (CUDA execution provider)" if options.verify_provider == "cuda" else ""
+            at = ", ".join(map(str, [*canvases, extra]))
+            progress(f"verifying against PyTorch in ONNX Runtime{on} at {at}")
+            report = _verify(onnx_path, checkpoint.model, [*canvases, extra], precision, options.verify_provider)
+            report.context = plan.context()
+            if options.verify_images is not None:
+                images = find_images(options.verify_images)
+                progress(f"verifying on {len(images)} images from {options.verify_images}")
+                bundle = Bundle(staging, manifest)
+                report.checks += verify_images(onnx_path, checkpoint.model, bundle, images, precision)
+            if not report.ok:
+                raise VerificationFailed(f"{report.table()}\n{report.hint(str(plan.trace))}", report.failure_line())
+            manifest = manifest.model_copy(update={"verification": report.summary()})
+        progress(f"writing {options.out}")
         write_manifest(staging, manifest)
     if report is not None:
         log(report.table())
     return manifest
+
+
+def _verify(onnx_path: Path, model: Any, canvases: list[Canvas], precision: str, provider: str) -> Report:
+    try:
+        return verify(onnx_path, model, canvases, precision, provider=provider)
+    except Exception as exc:  # ONNX Runtime refusing to load the graph is a failed verification
+        raise VerificationFailed(
+            f"onnxruntime could not load the exported graph: {first_line(exc)}",
+            "verification failed: onnxruntime could not load the exported graph; no bundle was written",
+        ) from exc
 
 
 def quiet_libraries() -> None:

@@ -1,7 +1,8 @@
-"""Check an exported graph against PyTorch before a bundle is written.
+"""Check an exported graph against PyTorch on noise, at every canvas, before a bundle is written.
 
-Two comparisons per case, as optimum's ``_run_validation`` does it (every output compared,
-every failure collected, the max error reported):
+Each canvas is one case (a batch of two: one image filling the canvas, one letterboxed). Two
+comparisons per case, as optimum's ``_run_validation`` does it (every output compared, every
+failure collected, the max error reported):
 
 1. the graph's raw ``class_logits`` / ``mask_logits`` against transformers' own forward;
 2. the graph's fused outputs against ``model.reference`` applied to the graph's own logits,
@@ -13,26 +14,23 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 import onnxruntime as ort
 import torch
 from transformers import MaskFormerForInstanceSegmentation
 
 from maskserve.bundle import INPUTS, OUTPUTS, AreaColumn, Canvas
 from maskserve.export.onnx_export import sample_inputs
+from maskserve.export.report import GRAPH, Check, Report, onnxruntime_failure
 from maskserve.model.reference import reference_outputs
 from maskserve.model.wrapper import raw_logits
 
 # Decisions closer than this (in probability) to a tie or to the mask threshold are ties.
 TIE_MARGIN = 1e-5
-# (raw-logit max abs error per unit of the largest logit (at least 1), label-map pixel agreement,
-# score max abs error)
+# (raw-logit max abs error, label-map pixel agreement, score max abs error)
 # fp16 and int8 change the logits on purpose: their raw error is reported, not gated (judge
 # them on a labelled set), while the fused head is still held to its reference.
 LIMITS: dict[str, tuple[float | None, float, float]] = {
@@ -40,140 +38,59 @@ LIMITS: dict[str, tuple[float | None, float, float]] = {
     "fp16": (None, 0.9999, 1e-5),
     "int8": (None, 0.9999, 1e-5),
 }
-
-
-@dataclass
-class Check:
-    case: str
-    output: str
-    metric: str
-    value: float
-    limit: float | None
-    higher_is_better: bool
-
-    @property
-    def ok(self) -> bool:
-        if self.limit is None:  # reported, not gated
-            return True
-        return self.value >= self.limit if self.higher_is_better else self.value <= self.limit
-
-
-@dataclass
-class Report:
-    checks: list[Check]
-    providers: list[str]
-
-    @property
-    def ok(self) -> bool:
-        return all(check.ok for check in self.checks)
-
-    def table(self) -> str:
-        rows = [f"{'case':<22} {'output':<16} {'metric':<18} {'value':>12} {'limit':>10}  ok"]
-        for c in self.checks:
-            op = ">=" if c.higher_is_better else "<="
-            limit = f"{op}{c.limit:>8.6g}" if c.limit is not None else f"{'(report)':>10}"
-            verdict = "yes" if c.ok else "NO"
-            rows.append(
-                f"{c.case:<22} {c.output:<16} {c.metric:<18} {c.value:>12.6g} {limit}  "
-                f"{verdict if c.limit is not None else '-'}"
-            )
-        return "\n".join(rows)
-
-    def summary(self) -> dict[str, object]:
-        worst: dict[str, float] = {}
-        for c in self.checks:
-            key = f"{c.output}.{c.metric}"
-            worst[key] = (
-                min(worst.get(key, c.value), c.value) if c.higher_is_better else max(worst.get(key, c.value), c.value)
-            )
-        return {
-            "passed": self.ok,
-            "providers": self.providers,
-            "worst": worst,
-            "checks": [asdict(c) for c in self.checks],
-        }
-
-
-def verification_canvases(canvas: Canvas) -> list[Canvas]:
-    """The export canvas and one other size (taller and narrower), both multiples of 32."""
-    other = Canvas(height=canvas.height + 64, width=max(64, canvas.width - 64))
-    return [canvas, other]
-
-
-def _session(onnx_path: Path, provider: str) -> ort.InferenceSession:
-    """The graph in ONNX Runtime on ``provider`` (``cpu`` or ``cuda``), never silently on another.
-
-    On the CPU an fp16 graph is computed mostly in float32 (ONNX Runtime inserts casts around
-    the operators it has no float16 kernel for), so only ``cuda`` checks the float16 arithmetic
-    itself. TF32 is off there, as in the PyTorch reference: this checks the graph, not TF32.
-    """
-    if provider == "cpu":
-        return ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    preload = getattr(ort, "preload_dlls", None)
-    if preload is not None and "torch" not in sys.modules:
-        preload()  # torch, imported first, has loaded the CUDA libraries already
-    session = ort.InferenceSession(
-        str(onnx_path), providers=[("CUDAExecutionProvider", {"use_tf32": 0}), "CPUExecutionProvider"]
-    )
-    if session.get_providers()[0] != "CUDAExecutionProvider":
-        raise RuntimeError(f"the CUDA execution provider could not be created (got {session.get_providers()})")
-    return session
+# float32 rounding grows with the values: mask logits of a trained model reach tens, where two
+# correct graphs differ by ~1e-4 (a relative 6e-6). The raw-logit limit is the larger of the
+# absolute one above and this fraction of the largest PyTorch logit; a baked-in shape branch
+# or a wrong op is off by O(1).
+LOGIT_RELATIVE = 1e-5
 
 
 def verify(
     onnx_path: Path,
     hf_model: MaskFormerForInstanceSegmentation,
-    canvas: Canvas,
+    canvases: Sequence[Canvas],
     precision: str,
     batch: int = 2,
     provider: str = "cpu",
 ) -> Report:
-    """Check the graph against ``hf_model`` (float32) on ``provider``: ``cpu``, or ``cuda`` (ONNX
-    Runtime's CUDA execution provider against PyTorch on the GPU)."""
+    """Every check at every canvas, in ONNX Runtime on ``provider`` (``cpu``, or ``cuda``: its
+    CUDA execution provider against PyTorch on the GPU). A canvas where ONNX Runtime cannot run
+    the graph is one failed check (naming the node) and the other canvases still run."""
     session = _session(onnx_path, provider)
     device = torch.device("cuda" if provider == "cuda" else "cpu")
-    torch.nn.Module.to(hf_model, device)  # in place; transformers types its own .to() for dtypes only
-    logit_limit, agreement_limit, score_limit = LIMITS[precision]
     checks: list[Check] = []
-    for size in verification_canvases(canvas):
-        inputs = sample_inputs(batch, size, seed=size.height * 10_000 + size.width)
-        feeds = {name: tensor.numpy() for name, tensor in zip(INPUTS, inputs, strict=True)}
-        got = dict(zip(OUTPUTS, session.run(list(OUTPUTS), feeds), strict=True))
-        case = f"{batch}x{size}"
+    # In place (transformers types its own .to() for dtypes only); back on the CPU after, for
+    # the image check and the caller.
+    torch.nn.Module.to(hf_model, device)
+    try:
         with _no_tf32():
-            torch_class, torch_mask = (t.cpu() for t in raw_logits(hf_model, inputs[0].to(device)))
-        for name, expected in (("class_logits", torch_class), ("mask_logits", torch_mask)):
-            error = float(np.abs(got[name] - expected.numpy()).max())
-            limit = scaled_logit_limit(logit_limit, expected.numpy())
-            checks.append(Check(case, name, "max_abs_error", error, limit, False))
-
-        reference = reference_outputs(
-            torch.from_numpy(got["class_logits"]),
-            torch.from_numpy(got["mask_logits"]),
-            inputs[1],
-            inputs[2],
-            inputs[3],
-            size.hw,
-            margins=True,
-        )
-        checks.extend(
-            compare_fused(case, got, {k: v.numpy() for k, v in reference.items()}, agreement_limit, score_limit)
-        )
-        # End to end (PyTorch logits through the reference) is reported, not gated: with
-        # random weights, near-tied queries make it flip on 1e-7 logit differences.
-        e2e = reference_outputs(torch_class, torch_mask, inputs[1], inputs[2], inputs[3], size.hw)
-        agreement = float((e2e["semantic_map"].numpy() == got["semantic_map"]).mean())
-        checks.append(Check(case, "semantic_map", "e2e_agreement", agreement, None, True))
+            for canvas in canvases:
+                checks.extend(_verify_canvas(session, hf_model, canvas, precision, batch, device))
+    finally:
+        torch.nn.Module.to(hf_model, "cpu")
     return Report(checks=checks, providers=session.get_providers())
 
 
-def scaled_logit_limit(limit: float | None, expected: npt.NDArray[np.floating[Any]]) -> float | None:
-    """``limit`` times the largest magnitude in ``expected``, never less than ``limit`` itself.
+def _session(onnx_path: Path, provider: str) -> ort.InferenceSession:
+    """The graph in ONNX Runtime on ``provider``, never silently on another.
 
-    Two correct float32 implementations differ in proportion to the values' size: a trained
-    model's logits run to tens (seen: 3e-4 apart at a largest logit of 36, 1e-5 relative).
+    On the CPU an fp16 graph is computed mostly in float32 (ONNX Runtime inserts casts around
+    the operators it has no float16 kernel for), so only ``cuda`` checks the float16 arithmetic
+    itself. TF32 is off there, as in the PyTorch reference: this checks the graph, not TF32.
     """
-    return None if limit is None else limit * max(1.0, float(np.abs(expected).max()))
+    options = ort.SessionOptions()
+    options.log_severity_level = 4  # a node that fails is reported in the table, not logged twice
+    if provider == "cpu":
+        return ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is not None and "torch" not in sys.modules:
+        preload()  # torch, imported first, has loaded the CUDA libraries already
+    session = ort.InferenceSession(
+        str(onnx_path), options, providers=[("CUDAExecutionProvider", {"use_tf32": 0}), "CPUExecutionProvider"]
+    )
+    if session.get_providers()[0] != "CUDAExecutionProvider":
+        raise RuntimeError(f"the CUDA execution provider could not be created (got {session.get_providers()})")
+    return session
 
 
 @contextlib.contextmanager
@@ -185,6 +102,60 @@ def _no_tf32() -> Iterator[None]:
         yield
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def _verify_canvas(
+    session: ort.InferenceSession,
+    hf_model: MaskFormerForInstanceSegmentation,
+    size: Canvas,
+    precision: str,
+    batch: int,
+    device: torch.device,
+) -> list[Check]:
+    logit_limit, agreement_limit, score_limit = LIMITS[precision]
+    inputs = sample_inputs(batch, size, seed=size.height * 10_000 + size.width)
+    feeds = {name: tensor.numpy() for name, tensor in zip(INPUTS, inputs, strict=True)}
+    case = str(size)
+    try:
+        got = dict(zip(OUTPUTS, session.run(list(OUTPUTS), feeds), strict=True))
+    except Exception as exc:  # ORT raises its own types; the node and the reason are what matter
+        return [Check(case, GRAPH, "runs", 0.0, 1.0, True, detail=onnxruntime_failure(exc))]
+    checks: list[Check] = []
+    torch_class, torch_mask = (t.cpu() for t in raw_logits(hf_model, inputs.pixel_values.to(device)))
+    for name, expected in (("class_logits", torch_class), ("mask_logits", torch_mask)):
+        if got[name].shape != tuple(expected.shape):
+            detail = f"shape {got[name].shape}, PyTorch {tuple(expected.shape)}"
+            checks.append(Check(case, name, "shape_matches", 0.0, 1.0, True, detail=detail))
+            return checks
+        error = float(np.abs(got[name] - expected.numpy()).max())
+        limit = None if logit_limit is None else max(logit_limit, LOGIT_RELATIVE * float(expected.abs().max()))
+        checks.append(Check(case, name, "max_abs_error", error, limit, False))
+
+    reference = reference_outputs(
+        torch.from_numpy(got["class_logits"]),
+        torch.from_numpy(got["mask_logits"]),
+        inputs.image_sizes,
+        inputs.score_threshold,
+        inputs.mask_threshold,
+        inputs.panoptic_upsampling,
+        size.hw,
+        margins=True,
+    )
+    checks.extend(compare_fused(case, got, {k: v.numpy() for k, v in reference.items()}, agreement_limit, score_limit))
+    # End to end (PyTorch logits through the reference) is reported, not gated: with random
+    # weights, near-tied queries make it flip on 1e-7 logit differences.
+    e2e = reference_outputs(
+        torch_class,
+        torch_mask,
+        inputs.image_sizes,
+        inputs.score_threshold,
+        inputs.mask_threshold,
+        inputs.panoptic_upsampling,
+        size.hw,
+    )
+    agreement = float((e2e["semantic_map"].numpy() == got["semantic_map"]).mean())
+    checks.append(Check(case, "semantic_map", "e2e_agreement", agreement, None, True))
+    return checks
 
 
 def compare_fused(

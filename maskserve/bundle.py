@@ -16,7 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from maskserve.errors import UsageError
 
-SCHEMA_VERSION = 1
+# 2: the graph input ``panoptic_upsampling`` (MaskFormer's order of upsampling and sigmoid, or
+# transformers'). A version-1 bundle must be re-exported.
+SCHEMA_VERSION = 2
 MANIFEST_NAME = "bundle.json"
 MODEL_NAME = "model.onnx"
 # The embedded demo bundle, inside this package (and inside the wheel).
@@ -35,7 +37,21 @@ INPUTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "image_sizes": ("int64", ("B", "2")),
     "score_threshold": ("float32", ("B",)),
     "mask_threshold": ("float32", ("B",)),
+    "panoptic_upsampling": ("int32", ("B",)),
 }
+
+
+class PanopticUpsampling(IntEnum):
+    """Values of the ``panoptic_upsampling`` input: how the panoptic head brings the 1/4-resolution
+    masks to the canvas. The two orders differ on boundary pixels (about 1% of the argmax map on
+    the demo model), so each panoptic rule gets the order of its source."""
+
+    # Bilinear on the mask logits, then the sigmoid: facebookresearch/MaskFormer and Mask2Former
+    # (``F.interpolate(mask_pred_results, ...)`` before ``panoptic_inference``'s ``sigmoid``).
+    LOGITS = 0
+    # The sigmoid, then bilinear on the probabilities: transformers' ``compute_segments``.
+    PROBABILITIES = 1
+
 
 # Graph outputs. The first two are the raw logits, kept for verification only: the server
 # never fetches them. The others are the compact per-task results.
@@ -174,7 +190,10 @@ class Manifest(_Strict):
     @model_validator(mode="after")
     def _consistent(self) -> Manifest:
         if self.schema_version != SCHEMA_VERSION:
-            raise ValueError(f"schema_version {self.schema_version} is not {SCHEMA_VERSION}")
+            raise ValueError(
+                f"schema_version {self.schema_version} is not {SCHEMA_VERSION}, the version this maskserve reads: "
+                "re-export the bundle with `maskserve export`"
+            )
         ids = [label.id for label in self.labels]
         if ids != list(range(len(ids))):
             raise ValueError("labels must have ids 0..K-1 in order")

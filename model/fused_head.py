@@ -14,6 +14,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from maskserve.bundle import PanopticUpsampling
+
 
 class FusedMaskHead(nn.Module):
     """Mask step + semantic/panoptic/instance reductions for a batch of letterboxed images."""
@@ -26,6 +28,7 @@ class FusedMaskHead(nn.Module):
         image_sizes: Tensor,
         score_threshold: Tensor,
         mask_threshold: Tensor,
+        panoptic_upsampling: Tensor,
         canvas_hw: tuple[int, int],
     ) -> dict[str, Tensor]:
         """Run the fused head.
@@ -39,6 +42,7 @@ class FusedMaskHead(nn.Module):
             score_threshold: ``(B,)`` float32, panoptic query score threshold (``score >
                 t`` keeps a query, as in the paper and transformers).
             mask_threshold: ``(B,)`` float32, probability at which a mask pixel counts as on.
+            panoptic_upsampling: ``(B,)`` int32, ``maskserve.bundle.PanopticUpsampling`` per image.
             canvas_hw: ``(H, W)`` of the network input (symbolic ints while tracing).
 
         Returns:
@@ -56,7 +60,14 @@ class FusedMaskHead(nn.Module):
         semantic_map = torch.where(valid, semantic_map, torch.full_like(semantic_map, -1))
 
         panoptic = panoptic_reduction(
-            class_probs, mask_probs, image_sizes, score_threshold, mask_threshold, (height, width)
+            class_probs,
+            mask_logits,
+            mask_probs,
+            image_sizes,
+            score_threshold,
+            mask_threshold,
+            panoptic_upsampling,
+            (height, width),
         )
         instance = instance_reduction(class_probs, mask_logits, image_sizes, mask_threshold, num_queries)
         return {
@@ -88,13 +99,19 @@ def semantic_reduction(class_probs: Tensor, mask_probs: Tensor, canvas_hw: tuple
 
 def panoptic_reduction(
     class_probs: Tensor,
+    mask_logits: Tensor,
     mask_probs: Tensor,
     image_sizes: Tensor,
     score_threshold: Tensor,
     mask_threshold: Tensor,
+    panoptic_upsampling: Tensor,
     canvas_hw: tuple[int, int],
 ) -> dict[str, Tensor]:
     """Winning-query map over the kept queries plus the per-query facts the host needs.
+
+    The masks reach the canvas in the order ``panoptic_upsampling`` (``(B,)``) picks per image:
+    bilinear on the logits, then the sigmoid (MaskFormer, Mask2Former), or bilinear on
+    ``mask_probs`` (transformers). ``mask_logits`` and ``mask_probs`` are ``(B, Q, h, w)``.
 
     Returns:
         ``panoptic_map`` ``(B, H, W)`` int32: ``q`` where kept query ``q`` wins the
@@ -117,7 +134,14 @@ def panoptic_reduction(
     scores, labels = class_probs.max(dim=-1)  # (B, Q)
     keep = (labels != num_labels) & (scores > score_threshold.view(-1, 1))
 
-    probs = F.interpolate(mask_probs, size=canvas_hw, mode="bilinear", align_corners=False)
+    # One bilinear pass serves both orders: pick the logits or the probabilities at 1/4
+    # resolution, upsample, and take the sigmoid of the upsampled logits. `where` keeps each
+    # order's values exact (an arithmetic blend would round).
+    logits_first = (panoptic_upsampling == PanopticUpsampling.LOGITS).view(-1, 1, 1, 1)
+    upsampled = F.interpolate(
+        torch.where(logits_first, mask_logits, mask_probs), size=canvas_hw, mode="bilinear", align_corners=False
+    )
+    probs = torch.where(logits_first, upsampled.sigmoid(), upsampled)
     weighted = probs * scores.view(batch, -1, 1, 1)
     # Dropped queries can never win: weighted probabilities are >= 0 and theirs drop by 2.
     penalty = (keep.to(probs.dtype) - 1.0).mul(2.0).view(batch, -1, 1, 1)

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from maskserve.bundle import AreaColumn
+from maskserve.bundle import AreaColumn, PanopticUpsampling
 
 
 @torch.inference_mode()
@@ -25,6 +25,7 @@ def reference_outputs(
     image_sizes: Tensor,
     score_threshold: Tensor,
     mask_threshold: Tensor,
+    panoptic_upsampling: Tensor,
     canvas_hw: tuple[int, int],
     margins: bool = False,
 ) -> dict[str, Tensor]:
@@ -35,6 +36,7 @@ def reference_outputs(
         mask_logits: ``(B, Q, h, w)``.
         image_sizes: ``(B, 2)`` valid height and width inside the canvas.
         score_threshold: ``(B,)``; mask_threshold: ``(B,)``.
+        panoptic_upsampling: ``(B,)``, ``maskserve.bundle.PanopticUpsampling`` per image.
         canvas_hw: ``(H, W)``.
         margins: also return ``semantic_margin`` and ``panoptic_margin`` ``(B, H, W)``: how far
             each pixel's decision is from a tie (top-1 minus top-2 score; for the panoptic map
@@ -48,6 +50,7 @@ def reference_outputs(
             (int(image_sizes[i, 0]), int(image_sizes[i, 1])),
             float(score_threshold[i]),
             float(mask_threshold[i]),
+            PanopticUpsampling(int(panoptic_upsampling[i])),
             canvas_hw,
         )
         for i in range(class_logits.shape[0])
@@ -64,6 +67,7 @@ def _one_image(
     valid_hw: tuple[int, int],
     score_threshold: float,
     mask_threshold: float,
+    upsampling: PanopticUpsampling,
     canvas_hw: tuple[int, int],
 ) -> dict[str, Tensor]:
     valid_h, valid_w = valid_hw
@@ -82,17 +86,18 @@ def _one_image(
     return {
         "semantic_map": semantic,
         "semantic_margin": semantic_margin,
-        **_panoptic(class_probs, mask_probs, valid_hw, score_threshold, mask_threshold, canvas_hw),
+        **_panoptic(class_probs, mask_logits, valid_hw, score_threshold, mask_threshold, upsampling, canvas_hw),
         **_instance(class_probs, mask_logits, valid_hw, mask_threshold),
     }
 
 
 def _panoptic(
     class_probs: Tensor,
-    mask_probs: Tensor,
+    mask_logits: Tensor,
     valid_hw: tuple[int, int],
     score_threshold: float,
     mask_threshold: float,
+    upsampling: PanopticUpsampling,
     canvas_hw: tuple[int, int],
 ) -> dict[str, Tensor]:
     num_queries, num_classes_plus_one = class_probs.shape
@@ -101,7 +106,15 @@ def _panoptic(
     keep = labels.ne(num_classes_plus_one - 1) & (scores > score_threshold)
     kept_ids = torch.nonzero(keep).flatten()
 
-    probs = F.interpolate(mask_probs[None], size=canvas_hw, mode="bilinear", align_corners=False)[0]
+    if upsampling is PanopticUpsampling.LOGITS:
+        # MaskFormer upsamples the logits in `forward` and takes the sigmoid in `panoptic_inference`:
+        # https://github.com/facebookresearch/MaskFormer/blob/da3e60d85fdeedcb31476b5edd7d328826ce56cc/mask_former/mask_former_model.py#L193-L199
+        # https://github.com/facebookresearch/MaskFormer/blob/da3e60d85fdeedcb31476b5edd7d328826ce56cc/mask_former/mask_former_model.py#L250
+        logits = F.interpolate(mask_logits[None], size=canvas_hw, mode="bilinear", align_corners=False)[0]
+        probs = logits.sigmoid()
+    else:
+        # transformers' compute_segments: `interpolate(mask_probs, size=target_size)`.
+        probs = F.interpolate(mask_logits.sigmoid()[None], size=canvas_hw, mode="bilinear", align_corners=False)[0]
     probs = probs[:, :valid_h, :valid_w]
     weighted = probs * scores[:, None, None]
 

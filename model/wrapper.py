@@ -35,6 +35,7 @@ class ServingMaskFormer(nn.Module):
         image_sizes: Tensor,
         score_threshold: Tensor,
         mask_threshold: Tensor,
+        panoptic_upsampling: Tensor,
     ) -> dict[str, Tensor]:
         """Run the body and the fused head.
 
@@ -43,6 +44,8 @@ class ServingMaskFormer(nn.Module):
             image_sizes: ``(B, 2)`` int64, the valid (letterboxed) height and width of each image.
             score_threshold: ``(B,)`` float32, the panoptic query score threshold.
             mask_threshold: ``(B,)`` float32, the mask probability threshold.
+            panoptic_upsampling: ``(B,)`` int32, ``maskserve.bundle.PanopticUpsampling``: the panoptic
+                head's order of bilinear upsampling and sigmoid.
 
         Returns:
             The outputs listed in ``maskserve.bundle.OUTPUTS``.
@@ -57,6 +60,7 @@ class ServingMaskFormer(nn.Module):
             image_sizes=image_sizes,
             score_threshold=score_threshold,
             mask_threshold=mask_threshold,
+            panoptic_upsampling=panoptic_upsampling,
             canvas_hw=(pixel_values.shape[-2], pixel_values.shape[-1]),
         )
         return result

@@ -11,7 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from maskserve.bundle import Task
 from maskserve.service import pipeline, uploads
 from maskserve.service.errors import InvalidRequest, error_body
-from maskserve.service.formats import OutputFormat, Rendering, negotiate
+from maskserve.service.formats import RESPONSE_TYPES, OutputFormat, Rendering, negotiate
 from maskserve.service.openapi import error_responses
 from maskserve.service.schemas import ErrorResponse, HealthResponse, LabelOut, ModelResponse, SegmentResponse
 from maskserve.service.state import SHUTTING_DOWN, ServerState, State
@@ -30,6 +30,20 @@ StateDep = Annotated[ServerState, Depends(get_state)]
 
 
 _ERRORS = error_responses(ErrorResponse)
+_BINARY = {"type": "string", "format": "binary"}
+# The other formats' answers (the JSON one is SegmentResponse, from response_model).
+_FORMATS: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "the segments; `format=` or `Accept` chooses the representation (see the README)",
+        "content": {
+            # +json types are JSON documents (the polygons one has SegmentResponse's fields, with
+            # polygons for masks); the rest are binary (pictures, form data).
+            media_type: {"schema": {"type": "object"} if media_type.endswith("+json") else _BINARY}
+            for media_type in dict.fromkeys(RESPONSE_TYPES.values())
+            if media_type != "application/json"
+        },
+    }
+}
 _BODY = {
     "requestBody": {
         "required": True,
@@ -50,7 +64,7 @@ _BODY = {
 @router.post(
     SEGMENT_PATH,
     response_model=SegmentResponse,
-    responses=_ERRORS,
+    responses={**_ERRORS, **_FORMATS},
     openapi_extra=_BODY,
     summary="Segment one image",
     description="Send the image as multipart field `image`, or as the raw body with `Content-Type: image/*` "

@@ -23,12 +23,13 @@ Shapes: ``Q`` queries, ``K`` labels (``K+1`` with no-object), ``h x w`` mask res
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
-from maskserve.bundle import Task
+from maskserve.bundle import PanopticUpsampling, Task
 from maskserve.service.bilinear import Grid
 
 if TYPE_CHECKING:
@@ -51,6 +52,9 @@ Index = npt.NDArray[np.intp]
 # 2**-150 per operation), which TINY = 2**-126 covers. A cell these tests do not decide is
 # computed exactly, so their size only trades speed, never equality.
 MARGIN = np.float32(2.0**-19)
+
+# The heads this module can replace.
+HOST_TASKS: tuple[Task, ...] = ("panoptic", "semantic")
 TINY = np.float32(np.finfo(np.float32).tiny)
 
 # Bound on the (pair, pixel) elements one vectorized step materializes: the worst case (noise
@@ -61,36 +65,65 @@ _CHUNK = 1 << 21
 DENSE_SHARE = 0.125
 
 
-def graph_tensors(heads: Mapping[Task, onnx.ModelProto]) -> tuple[str, str, str] | None:
-    """Names of the tensors this module starts from, in the semantic and panoptic head graphs (onnx models).
+@dataclass(frozen=True)
+class HostTensors:
+    """Where the host head starts in a bundle's head graphs.
 
-    ``(class_probs, mask_probs, segmentation)``: the Softmax of ``class_logits``, the Sigmoid of
-    ``mask_logits`` (the panoptic Resize's input) and the semantic Resize's input. None when a
-    head is not the graph this module replicates: one linear, half_pixel, stretch Resize each.
+    ``names``: per head this module replicates, its 1/4-resolution tensors in the graph:
+    semantic ``(segmentation,)``, the semantic Resize's input; panoptic ``(class_probs,
+    mask_probs)``, the Softmax of ``class_logits`` and the Sigmoid of ``mask_logits``.
+    ``panoptic_orders``: the ``panoptic_upsampling`` values the host follows exactly. Bundle
+    schema 1 upsampled probabilities only (no input: every image qualifies); schema 2's head
+    picks logits or probabilities per image (``Where(logits_first, mask_logits, mask_probs)``
+    before its Resize), and ``panoptic`` follows the probabilities order only, so a batch with a
+    logits-first image (the ``maskformer`` and ``mask2former`` rules) runs the head session.
     """
+
+    names: dict[Task, tuple[str, ...]]
+    panoptic_orders: frozenset[int] | None = None  # None: the graph has no choice to follow
+
+
+def _linear_resize_input(head: onnx.ModelProto) -> str | None:
+    """The input of the graph's one Resize when it is linear, half_pixel, stretch and not antialiased."""
     import onnx
 
-    found: list[str] = []
-    for task in ("semantic", "panoptic"):
-        resizes = [node for node in heads[task].graph.node if node.op_type == "Resize"]
-        if len(resizes) != 1:
-            return None
-        attributes = {a.name: onnx.helper.get_attribute_value(a) for a in resizes[0].attribute}
-        if (
-            attributes.get("mode") != b"linear"
-            or attributes.get("coordinate_transformation_mode", b"half_pixel") != b"half_pixel"
-            or attributes.get("keep_aspect_ratio_policy", b"stretch") != b"stretch"
-            or attributes.get("antialias", 0) != 0
-        ):
-            return None
-        found.append(resizes[0].input[0])
-    segmentation, mask_probs = found
+    resizes = [node for node in head.graph.node if node.op_type == "Resize"]
+    if len(resizes) != 1:
+        return None
+    attributes = {a.name: onnx.helper.get_attribute_value(a) for a in resizes[0].attribute}
+    if (
+        attributes.get("mode") != b"linear"
+        or attributes.get("coordinate_transformation_mode", b"half_pixel") != b"half_pixel"
+        or attributes.get("keep_aspect_ratio_policy", b"stretch") != b"stretch"
+        or attributes.get("antialias", 0) != 0
+    ):
+        return None
+    return str(resizes[0].input[0])
+
+
+def graph_tensors(heads: Mapping[Task, onnx.ModelProto]) -> HostTensors:
+    """The tensors of the semantic and panoptic head graphs (onnx models) this module starts from.
+
+    A head that is not the graph this module replicates is left out of ``names`` and keeps its
+    head session.
+    """
+    names: dict[Task, tuple[str, ...]] = {}
+    orders: frozenset[int] | None = None
+    semantic = _linear_resize_input(heads["semantic"])
+    if semantic is not None:
+        names["semantic"] = (semantic,)
+    panoptic = _linear_resize_input(heads["panoptic"])
     nodes = heads["panoptic"].graph.node
     softmax = [n.output[0] for n in nodes if n.op_type == "Softmax" and list(n.input) == ["class_logits"]]
     sigmoid = [n.output[0] for n in nodes if n.op_type == "Sigmoid" and list(n.input) == ["mask_logits"]]
-    if len(softmax) != 1 or sigmoid != [mask_probs]:
-        return None
-    return softmax[0], mask_probs, segmentation
+    if panoptic is not None and len(softmax) == 1 and len(sigmoid) == 1:
+        picks = [n for n in nodes if n.op_type == "Where" and n.output[0] == panoptic]
+        if panoptic == sigmoid[0]:
+            names["panoptic"] = (softmax[0], sigmoid[0])
+        elif len(picks) == 1 and list(picks[0].input[1:]) == ["mask_logits", sigmoid[0]]:
+            names["panoptic"] = (softmax[0], sigmoid[0])
+            orders = frozenset({int(PanopticUpsampling.PROBABILITIES)})
+    return HostTensors(names, orders)
 
 
 def low_resolution(class_logits: F32, mask_logits: F32) -> tuple[F32, F32, F32]:

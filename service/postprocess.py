@@ -5,19 +5,29 @@ The graph has already done the per-pixel work at canvas resolution (see
 test, stuff merging, instance filtering — plus one nearest-neighbour resize per label map and
 the RLE encoding, all vectorized NumPy.
 
-Panoptic rules (``PanopticRule``):
+Panoptic rules (``PanopticRule``), each named for its source. All three keep the queries whose
+best label is not no-object and whose score is ``> threshold``, give each pixel to the kept query
+with the highest score x mask probability, and count a query's ``argmax`` area; they differ in
+the rest (``docs/postprocessing.md`` has the table):
 
-* ``paper`` (default): a segment is the argmax region *intersected* with its own mask
-  (``prob >= mask_threshold``), the overlap test divides the argmax area by the unweighted mask
-  area and keeps ``>=``, and segment ids are unique. The intersection is Mask2Former's
-  ``panoptic_inference``; facebookresearch/MaskFormer's keeps the whole argmax region (the line
-  is commented out there), so this name is wrong about its source: see docs/postprocessing.md.
-* ``transformers`` reproduces ``MaskFormerImageProcessor.post_process_panoptic_segmentation``:
-  the segment is the whole argmax region, the overlap test divides by the *score-weighted*
-  mask area and keeps ``>``.
+* ``maskformer`` (default), facebookresearch/MaskFormer ``panoptic_inference``
+  (https://github.com/facebookresearch/MaskFormer/blob/da3e60d85fdeedcb31476b5edd7d328826ce56cc/mask_former/mask_former_model.py#L248-L304):
+  masks upsampled as logits; the original area is the *unweighted* ``prob >= mask_threshold``;
+  a query is skipped when ``argmax / original < overlap_threshold``; a segment is its *whole*
+  argmax region.
+* ``mask2former``, facebookresearch/Mask2Former ``panoptic_inference``
+  (https://github.com/facebookresearch/Mask2Former/blob/9b0651c6c1d5b3af2e6da0589b719c514ec0d69a/mask2former/maskformer_model.py#L286-L342):
+  the same, but a segment is its argmax region *intersected* with its own mask (L317), which
+  must not be empty.
+* ``transformers``, ``MaskFormerImageProcessor.post_process_panoptic_segmentation`` (transformers
+  5.24.0 ``image_processing_maskformer.py`` ``compute_segments``, L135-L192): masks upsampled as
+  probabilities; the original area is the *score-weighted* ``score x prob >= mask_threshold``; a
+  query is kept when the float32 ratio is ``> overlap_threshold``; a segment is its whole argmax
+  region.
 
-Both fuse every query of a stuff class into one segment (transformers' ``label_ids_to_fuse``
-set to the stuff labels); a fused segment's score is its best query's score.
+All three merge every query of a stuff class into one segment (MaskFormer's ``not isthing``;
+transformers' ``label_ids_to_fuse`` set to the stuff labels) whose score is its best query's,
+and number segments 1, 2, 3, ... (transformers reuses ids after a merge: not reproduced).
 """
 
 from __future__ import annotations
@@ -30,15 +40,21 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from maskserve.bundle import AreaColumn, Task
+from maskserve.bundle import AreaColumn, PanopticUpsampling, Task
 from maskserve.service.preprocess import Letterbox
 from maskserve.service.result import Segment
 from maskserve.service.rle import EncodedMask, encode_label_map
 
 
 class PanopticRule(StrEnum):
-    PAPER = "paper"
+    MASKFORMER = "maskformer"
+    MASK2FORMER = "mask2former"
     TRANSFORMERS = "transformers"
+
+    @property
+    def upsampling(self) -> PanopticUpsampling:
+        """The order of upsampling and sigmoid this rule's source uses (a graph input)."""
+        return PanopticUpsampling.PROBABILITIES if self is PanopticRule.TRANSFORMERS else PanopticUpsampling.LOGITS
 
 
 @dataclass(frozen=True)
@@ -86,7 +102,9 @@ class Plan:
 class PostProcessor:
     """The host half of the request path for one bundle's labels and one panoptic rule."""
 
-    def __init__(self, labels: Sequence[str], isthing: Sequence[bool], rule: PanopticRule = PanopticRule.PAPER) -> None:
+    def __init__(
+        self, labels: Sequence[str], isthing: Sequence[bool], rule: PanopticRule = PanopticRule.MASKFORMER
+    ) -> None:
         if len(labels) != len(isthing):
             raise ValueError(f"{len(labels)} label names but {len(isthing)} thing flags")
         self.labels = tuple(labels)
@@ -171,15 +189,7 @@ class PostProcessor:
         segment_score: list[float] = []
         stuff_segment: dict[int, int] = {}
         for q in kept.tolist():
-            argmax_area = areas[q, AreaColumn.ARGMAX]
-            if self.rule is PanopticRule.PAPER:
-                original = areas[q, AreaColumn.MASK]
-                exists = argmax_area > 0 and original > 0 and areas[q, AreaColumn.KEPT] > 0
-                exists = exists and argmax_area / original >= params.overlap_threshold
-            else:
-                original = areas[q, AreaColumn.WEIGHTED_MASK]
-                exists = argmax_area > 0 and original > 0 and argmax_area / original > params.overlap_threshold
-            if not exists:
+            if not self._segment_exists(areas[q], params.overlap_threshold):
                 continue
             label = int(labels[q])
             if not isthing[label] and label in stuff_segment:
@@ -191,9 +201,9 @@ class PostProcessor:
                 number = len(segment_label)
                 if not isthing[label]:
                     stuff_segment[label] = number
-            lut[q] = number
-            if self.rule is PanopticRule.TRANSFORMERS:
-                lut[q + num_queries] = number
+            lut[q] = number  # the pixels q wins with its own probability >= mask_threshold
+            if self.rule is not PanopticRule.MASK2FORMER:
+                lut[q + num_queries] = number  # and those it wins below it: the whole argmax region
         if not segment_label:
             return Plan(letterbox, [], [])
         numbers = _compact(lut, len(segment_label) + 1)[outputs["panoptic_map"]]
@@ -202,6 +212,24 @@ class PostProcessor:
             for number, (label, score) in enumerate(zip(segment_label, segment_score, strict=True), start=1)
         ]
         return Plan(letterbox, [Source(numbers)], candidates)
+
+    def _segment_exists(self, areas: npt.NDArray[np.int64], overlap_threshold: float) -> bool:
+        """The rule's existence and overlap test for one kept query, on its ``panoptic_areas`` row."""
+        argmax_area = int(areas[AreaColumn.ARGMAX])
+        if self.rule is PanopticRule.TRANSFORMERS:
+            # check_segment_validity: `area_ratio = mask_k_area / original_area` divides two int64
+            # tensors into float32, then `if not area_ratio.item() > overlap_mask_area_threshold`.
+            original = int(areas[AreaColumn.WEIGHTED_MASK])
+            if argmax_area == 0 or original == 0:
+                return False
+            return float(np.float32(argmax_area) / np.float32(original)) > overlap_threshold
+        # MaskFormer and Mask2Former: `if mask_area > 0 and original_area > 0: if mask_area /
+        # original_area < self.overlap_threshold: continue` (Python ints, so a float64 ratio).
+        original = int(areas[AreaColumn.MASK])
+        if argmax_area == 0 or original == 0 or argmax_area / original < overlap_threshold:
+            return False
+        # Mask2Former's painted set `(cur_mask_ids == k) & (cur_masks[k] >= 0.5)` must not be empty.
+        return self.rule is not PanopticRule.MASK2FORMER or int(areas[AreaColumn.KEPT]) > 0
 
     def _instance(self, outputs: dict[str, npt.NDArray[Any]], letterbox: Letterbox, params: TaskParams) -> Plan:
         labels = outputs["instance_labels"].astype(np.int64)

@@ -56,7 +56,7 @@ class Segmenter:
         backend: Backend,
         *,
         canvases: Iterable[Canvas | str] | None = None,
-        panoptic_rule: PanopticRule | str = PanopticRule.PAPER,
+        panoptic_rule: PanopticRule | str = PanopticRule.MASKFORMER,
         max_batch: int | None = None,
         max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
     ) -> None:
@@ -79,7 +79,7 @@ class Segmenter:
         backend: str = "auto",
         provider: str = "auto",
         canvases: Iterable[Canvas | str] | None = None,
-        panoptic_rule: PanopticRule | str = PanopticRule.PAPER,
+        panoptic_rule: PanopticRule | str = PanopticRule.MASKFORMER,
         max_batch: int | None = None,
         max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
         intra_op_threads: int = 0,
@@ -215,6 +215,7 @@ class Segmenter:
             [item.letterbox.valid for item in prepared],
             [p.score_threshold for p in params],
             [p.mask_threshold for p in params],
+            self.postprocessor.rule.upsampling,
         )
         names = sorted({name for p in params for name in TASK_OUTPUTS[p.task]})
         results = self.backend.run(feeds, names)
@@ -244,7 +245,8 @@ class Segmenter:
         for height, width in self.canvases:
             for batch in range(1, self.max_batch + 1):
                 pixels = np.zeros((batch, 3, height, width), dtype=np.float32)
-                self.backend.run(graph_feeds(pixels, [(height, width)] * batch, 0.5, 0.5), SERVED_OUTPUTS)
+                feeds = graph_feeds(pixels, [(height, width)] * batch, 0.5, 0.5, self.postprocessor.rule.upsampling)
+                self.backend.run(feeds, SERVED_OUTPUTS)
 
     def close(self) -> None:
         self.backend.close()

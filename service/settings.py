@@ -51,6 +51,16 @@ def _host_list(value: object) -> object:
     return value
 
 
+def _renamed_panoptic_rule(value: object) -> object:
+    """``paper`` named Mask2Former's rule after MaskFormer's paper; say what it became."""
+    if isinstance(value, str) and value.strip().lower() == "paper":
+        raise ValueError(
+            "'paper' is no longer a panoptic rule: use 'maskformer' (the default, facebookresearch/MaskFormer), "
+            "'mask2former' (what 'paper' did) or 'transformers'"
+        )
+    return value
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MASKSERVE_", extra="forbid", validate_default=True)
 
@@ -100,11 +110,15 @@ class Settings(BaseSettings):
         description="The model's name in the Open Inference Protocol routes (`/v2/models/<name>/infer`). Default: "
         "the bundle's name. KServe routes by the InferenceService's name, so its runtime sets this to it.",
     )
-    panoptic_rule: Literal["paper", "transformers"] = Field(
-        "paper",
-        description="Panoptic merging rule. `paper` follows the MaskFormer reference implementation; "
-        "`transformers` reproduces MaskFormerImageProcessor.post_process_panoptic_segmentation for "
-        "users migrating from it (see docs/postprocessing.md).",
+    panoptic_rule: Annotated[
+        Literal["maskformer", "mask2former", "transformers"], BeforeValidator(_renamed_panoptic_rule)
+    ] = Field(
+        "maskformer",
+        description="Panoptic merging rule, named for its source. `maskformer` is facebookresearch/MaskFormer's "
+        "panoptic_inference (the model's own reference); `mask2former` is Mask2Former's, which also drops the "
+        "pixels a segment wins below the mask threshold; `transformers` reproduces "
+        "MaskFormerImageProcessor.post_process_panoptic_segmentation, for users comparing with it. See "
+        "docs/postprocessing.md.",
     )
 
     # --- batching ----------------------------------------------------------------------------

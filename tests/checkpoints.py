@@ -22,6 +22,12 @@ THING_IDS = [0, 1]
 def tiny_config(backbone: str, num_queries: int = 10, labels: dict[int, str] = LABELS) -> MaskFormerConfig:
     if backbone == "swin":
         backbone_config = SwinConfig(depths=[1, 1, 1, 1], embed_dim=16, num_heads=[1, 1, 2, 2], out_features=STAGES)
+    elif backbone == "swin-window4":
+        # issue 11's checkpoint: at 128 x 128 and 256 x 256 no stage pads to its 4 x 4 windows, at
+        # 160 x 160 or 96 x 160 stages 3 and 4 do; stage 3 (depth 2) has the shifted block.
+        backbone_config = SwinConfig(
+            embed_dim=32, depths=[1, 1, 2, 1], num_heads=[1, 2, 4, 8], window_size=4, patch_size=4, out_features=STAGES
+        )
     elif backbone == "resnet":
         backbone_config = ResNetConfig(
             embedding_size=8, hidden_sizes=[8, 16, 16, 32], depths=[1, 1, 1, 1], layer_type="basic", out_features=STAGES
@@ -66,6 +72,17 @@ def tiny_model(backbone: str, seed: int = 0, num_queries: int = 10) -> MaskForme
         linears = [m for m in model.mask_embedder.modules() if isinstance(m, torch.nn.Linear)]
         linears[-1].weight.mul_(8.0)
     return model
+
+
+@torch.no_grad()
+def decisive_classes(model: MaskFormerForInstanceSegmentation, spread: float = 6.0) -> None:
+    """Class logits that differ between queries by ``spread`` whatever the label count, so that
+    queries get clear labels (scores mostly above 0.5) as a trained model's do: the decoder's
+    outputs share a large common part, which the bias cancels."""
+    queries = model.model(pixel_values=torch.randn(1, 3, 64, 64)).transformer_decoder_last_hidden_state[0]
+    differences = model.class_predictor(queries) - model.class_predictor(queries.mean(0))
+    model.class_predictor.weight.mul_(spread / float(differences.std()))
+    model.class_predictor.bias.copy_(-model.class_predictor.weight @ queries.mean(0))
 
 
 def save_tiny_checkpoint(directory: Path, backbone: str, size: int = 128, seed: int = 0) -> Path:

@@ -84,6 +84,12 @@ def bundle_factory(tmp_path_factory: pytest.TempPathFactory, checkpoint_factory)
 
 
 @pytest.fixture(scope="session")
+def window4_checkpoint(checkpoint_factory) -> Path:
+    """A Swin with 4 x 4 windows: at 128 x 128 no stage pads (the canvas that used to break export)."""
+    return checkpoint_factory("swin-window4")
+
+
+@pytest.fixture(scope="session")
 def swin_bundle(bundle_factory) -> Path:
     return bundle_factory("swin")
 
@@ -100,3 +106,18 @@ def demo_bundle_dir() -> Path:
 
     assert (DEFAULT_BUNDLE / "bundle.json").is_file(), f"the demo bundle is missing from {DEFAULT_BUNDLE}"
     return DEFAULT_BUNDLE
+
+
+@pytest.fixture(scope="session")
+def demo_export(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    """A fresh export of the demo checkpoint as ``demo.ship`` makes it, verified on the example scenes."""
+    from demo.scenes import THING_IDS
+    from demo.ship import CHECKPOINT, EXAMPLES
+
+    out = tmp_path_factory.mktemp("demo-export") / "bundle"
+    result = run_cli(
+        "export", "--model", str(CHECKPOINT), "--out", str(out), "--thing-ids", *map(str, THING_IDS),
+        "--canvas", "128x160", "--canvas", "160x128", "--verify-images", str(EXAMPLES),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return out, result

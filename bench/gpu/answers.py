@@ -55,6 +55,7 @@ def _tied(reference: Any, images: list[np.ndarray]) -> list[np.ndarray]:
             torch.from_numpy(feeds["image_sizes"]),
             torch.from_numpy(feeds["score_threshold"]),
             torch.from_numpy(feeds["mask_threshold"]),
+            torch.from_numpy(feeds["panoptic_upsampling"]),
             prepared.canvas,
             margins=True,
         )["semantic_margin"][0].numpy()

@@ -61,6 +61,7 @@ class TorchBackend:
                 image_sizes=torch.from_numpy(np.asarray(feeds["image_sizes"])).to(device),
                 score_threshold=torch.from_numpy(np.asarray(feeds["score_threshold"])).to(device),
                 mask_threshold=torch.from_numpy(np.asarray(feeds["mask_threshold"])).to(device),
+                panoptic_upsampling=torch.from_numpy(np.asarray(feeds["panoptic_upsampling"])).to(device),
                 canvas_hw=(pixels.shape[-2], pixels.shape[-1]),
             )
         return {name: result[name].cpu().numpy() for name in outputs}

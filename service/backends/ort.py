@@ -5,7 +5,8 @@ then only the heads of the tasks the batch asked for. ONNX Runtime computes ever
 session whatever outputs are fetched, and the three heads together cost about half as much as
 the body on a CPU (upsampling 100-150 maps to full resolution); on a GPU they are cheap and one
 fused graph is kept, so nothing leaves the device between stages. With ``host_head`` (the
-default), the semantic and panoptic heads run on the host instead
+default), the semantic head and, for images whose masks are upsampled as probabilities (the
+``transformers`` panoptic rule), the panoptic head run on the host instead
 (``maskserve.service.boundary_head``), from the graph's own 1/4-resolution Softmax, Sigmoid and
 Einsum, upsampling only where a decision can change; their outputs equal the head sessions'.
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import io
+import itertools
 import logging
 import sys
 from collections.abc import Mapping, Sequence
@@ -165,7 +167,10 @@ class OnnxRuntimeBackend:
         self._providers = [(name, _provider_options(name, engine_cache, fp16)) for name in chain]
         self.staged = chain[0] == PROVIDERS["cpu"] if staged is None else staged
         # The host head replaces head sessions only on the CPU, where the logits are on the host.
-        self._host_low: dict[Task, ort.InferenceSession] = {}
+        # Per set of host tasks (sorted), the session giving their 1/4-resolution tensors in order.
+        self._host_low: dict[tuple[Task, ...], ort.InferenceSession] = {}
+        self.host_tasks: tuple[Task, ...] = ()
+        self._panoptic_orders: frozenset[int] | None = None
         try:
             if self.staged:
                 self._body, self._heads = self._staged_sessions(model_path, host_head and chain[0] == PROVIDERS["cpu"])
@@ -199,9 +204,9 @@ class OnnxRuntimeBackend:
             ", ".join(self.session.get_providers()),
             " (staged: body, then per-task heads)" if self.staged else "",
         )
-        self.host_head = bool(self._host_low)
+        self.host_head = bool(self.host_tasks)
         if self.host_head:
-            log.info("semantic and panoptic heads run on the host (boundary head)")
+            log.info("%s head(s) run on the host (boundary head)", " and ".join(self.host_tasks))
 
     def _session(self, model: str | bytes) -> ort.InferenceSession:
         return ort.InferenceSession(model, sess_options=self._options, providers=self._providers)
@@ -218,23 +223,27 @@ class OnnxRuntimeBackend:
         heads = {
             task: extractor.extract_model([*INPUTS, *RAW_OUTPUTS], list(names)) for task, names in TASK_OUTPUTS.items()
         }
-        low = boundary_head.graph_tensors(heads) if host_head else None
-        if host_head and low is None:
-            log.warning("host head off: this graph's heads are not the ones maskserve.service.boundary_head replicates")
-        elif low is not None:
+        found = boundary_head.graph_tensors(heads) if host_head else boundary_head.HostTensors({})
+        low = found.names
+        if host_head and len(low) < len(boundary_head.HOST_TASKS):
+            missing = [task for task in boundary_head.HOST_TASKS if task not in low]
+            log.warning("%s head stays in ONNX Runtime: not the graph boundary_head replicates", " and ".join(missing))
+        if low:
             probe, feeds, expected = bilinear.resize_probe()
             if not np.array_equal(self._session(probe.SerializeToString()).run(None, feeds)[0], expected):
                 log.warning("host head off: this onnxruntime build's Resize rounds differently from boundary_head")
-                low = None
-        if low is not None:
-            # The semantic one also gives the panoptic head's tensors, for a batch that asks for both.
-            self._host_low = {
-                "semantic": self._session(extractor.extract_model(list(RAW_OUTPUTS), list(low)).SerializeToString()),
-                "panoptic": self._session(
-                    extractor.extract_model(list(RAW_OUTPUTS), list(low[:2])).SerializeToString()
-                ),
-            }
-            heads = {task: head for task, head in heads.items() if task not in self._host_low}
+                low = {}
+        self.host_tasks = tuple(sorted(low))
+        self._panoptic_orders = found.panoptic_orders
+        for size in range(1, len(self.host_tasks) + 1):
+            for tasks in itertools.combinations(self.host_tasks, size):
+                names = [name for task in tasks for name in low[task]]
+                self._host_low[tasks] = self._session(
+                    extractor.extract_model(list(RAW_OUTPUTS), names).SerializeToString()
+                )
+        # A head the host follows for only some images keeps its session for the others.
+        only_some = {"panoptic"} if self._panoptic_orders is not None else set()
+        heads = {task: head for task, head in heads.items() if task not in self.host_tasks or task in only_some}
         del extractor
         body_session = self._session(body.SerializeToString())
         del body
@@ -271,31 +280,41 @@ class OnnxRuntimeBackend:
         raw = dict(zip(RAW_OUTPUTS, self._body.run(list(RAW_OUTPUTS), body_feeds), strict=True))
         results: dict[str, npt.NDArray[np.generic]] = {name: raw[name] for name in outputs if name in raw}
         available = {**feeds, **raw}
-        host = [task for task in self._host_low if any(name in outputs for name in TASK_OUTPUTS[task])]
+        host = [
+            task
+            for task in self.host_tasks
+            if any(name in outputs for name in TASK_OUTPUTS[task]) and self._host_follows(task, feeds)
+        ]
         if host:
             results.update({k: v for k, v in self._run_host(host, available).items() if k in outputs})
         for task, names in TASK_OUTPUTS.items():
             wanted = [name for name in names if name in outputs]
-            if not wanted or task in self._host_low:
+            if not wanted or task in host:
                 continue
             head = self._heads[task]
             head_feeds = {name: available[name] for name in self._inputs_of[task]}
             results.update(zip(wanted, head.run(wanted, head_feeds), strict=True))
         return results
 
+    def _host_follows(self, task: Task, feeds: Mapping[str, npt.NDArray[np.generic]]) -> bool:
+        """Whether the host head gives this batch's outputs of ``task`` exactly (see ``HostTensors``)."""
+        if task != "panoptic" or self._panoptic_orders is None:
+            return True
+        return bool(np.isin(np.asarray(feeds["panoptic_upsampling"]), list(self._panoptic_orders)).all())
+
     def _run_host(
         self, tasks: Sequence[Task], available: Mapping[str, npt.NDArray[np.generic]]
     ) -> dict[str, npt.NDArray[np.generic]]:
-        session = self._host_low["semantic" if "semantic" in tasks else "panoptic"]
-        low = session.run(None, {name: available[name] for name in RAW_OUTPUTS})
+        low = iter(self._host_low[tuple(sorted(tasks))].run(None, {name: available[name] for name in RAW_OUTPUTS}))
         canvas = (int(available["pixel_values"].shape[2]), int(available["pixel_values"].shape[3]))
         sizes = np.asarray(available["image_sizes"])
         out: dict[str, npt.NDArray[np.generic]] = {}
-        if "semantic" in tasks:
-            out |= boundary_head.semantic_outputs(low[2], sizes, canvas)
-        if "panoptic" in tasks:
-            thresholds = (np.asarray(available["score_threshold"]), np.asarray(available["mask_threshold"]))
-            out |= boundary_head.panoptic_outputs(low[0], low[1], sizes, *thresholds, canvas)
+        for task in sorted(tasks):  # the session's outputs come in this order
+            if task == "semantic":
+                out |= boundary_head.semantic_outputs(next(low), sizes, canvas)
+            else:
+                thresholds = (np.asarray(available["score_threshold"]), np.asarray(available["mask_threshold"]))
+                out |= boundary_head.panoptic_outputs(next(low), next(low), sizes, *thresholds, canvas)
         return out
 
     def close(self) -> None:

@@ -62,6 +62,18 @@ ACCEPT: dict[str, OutputFormat] = {
 }
 
 
+# The Content-Type of each format's answer (for the OpenAPI schema): the form-data ones carry a
+# boundary parameter.
+RESPONSE_TYPES: dict[OutputFormat, str] = {
+    OutputFormat.JSON: JSON_TYPE,
+    OutputFormat.POLYGONS: POLYGONS_TYPE,
+    OutputFormat.PNG: "multipart/form-data",
+    OutputFormat.COCO_PANOPTIC: "multipart/form-data",
+    OutputFormat.OVERLAY: "image/png",
+    OutputFormat.OVERLAY_JPEG: "image/jpeg",
+}
+
+
 def negotiate(requested: OutputFormat | None, accept: str | None) -> OutputFormat:
     """The format: ``requested`` (the query parameter) if given, else the best ``Accept``
     entry we serve (highest ``q``, then first listed), else JSON."""

@@ -14,18 +14,15 @@ from demo.scenes import LABELS, THING_IDS, generate_scene
 from demo.ship import CHECKPOINT, EXAMPLE_SEEDS, EXAMPLE_SIZE, EXAMPLES
 from maskserve.bundle import INPUTS, OUTPUTS, Bundle
 from maskserve.export.onnx_export import sample_inputs
-from tests.conftest import run_cli
 from tests.service.server import running_server
 
 MAX_SHIPPED_BYTES = 25 * 1024 * 1024
 
 
-def test_bundle_matches_a_fresh_export_of_the_checkpoint(tmp_path: Path, demo_bundle_dir: Path) -> None:
+def test_bundle_matches_a_fresh_export_of_the_checkpoint(demo_export, demo_bundle_dir: Path) -> None:
     import onnxruntime as ort
 
-    fresh = tmp_path / "fresh"
-    result = run_cli("export", "--model", str(CHECKPOINT), "--out", str(fresh), "--thing-ids", *map(str, THING_IDS))
-    assert result.returncode == 0, result.stderr
+    fresh, _ = demo_export
     shipped = Bundle.load(demo_bundle_dir)
     assert shipped.manifest.source.sha256 == Bundle.load(fresh).manifest.source.sha256, "checkpoint changed"
     inputs = sample_inputs(2, shipped.manifest.canvas, seed=11)

@@ -27,6 +27,11 @@ def test_manifest(bundle_factory, backbone: str) -> None:
     assert m.source.backbone in {"maskformer-swin", "swin", "resnet"}
     assert len(m.source.sha256) == 64
     assert m.verification is not None and m.verification["passed"] is True
+    # every declared canvas, plus one the user did not ask for (for the window-7 Swin, one where no stage pads)
+    extra = {"swin": "224x224", "resnet": "192x64"}[backbone]
+    assert m.verification["cases"] == ["128x128", "128x192", "192x128", extra]
+    assert m.verification["traced_at"] == "128x128"
+    assert m.verification["swin_patch"] is {"swin": True, "resnet": None}[backbone]
     worst = m.verification["worst"]
     assert worst["class_logits.max_abs_error"] <= 1e-4 and worst["mask_logits.max_abs_error"] <= 1e-4
     assert m.normalization.mean == pytest.approx((0.485, 0.456, 0.406))
@@ -55,7 +60,7 @@ def test_plain_onnxruntime_runs_it_at_several_shapes(bundle_factory, backbone: s
 def test_verification_catches_a_wrong_graph(bundle_factory) -> None:
     """The swin graph checked against a differently seeded model must fail, with a table."""
     other = tiny_model("swin", seed=123)
-    report = verify(Bundle.load(bundle_factory("swin")).model_path, other, Canvas(height=64, width=64), "fp32")
+    report = verify(Bundle.load(bundle_factory("swin")).model_path, other, [Canvas(height=64, width=64)], "fp32")
     assert not report.ok
     failing = {c.output for c in report.checks if not c.ok}
     assert {"class_logits", "mask_logits"} <= failing

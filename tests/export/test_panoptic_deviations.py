@@ -1,9 +1,9 @@
-"""Where maskserve's default panoptic rule follows the paper instead of transformers.
+"""Where the default panoptic rule (``maskformer``) and ``mask2former`` differ from transformers.
 
 Each test builds logits by hand, runs transformers' ``post_process_panoptic_segmentation``
 and our host post-processing (on the graph outputs as computed by ``model.reference``, the
 verified twin of the exported head), and pins the documented difference.
-See docs/postprocessing.md.
+See docs/postprocessing.md; tests/service/test_panoptic_rules.py holds each rule to its source.
 """
 
 from __future__ import annotations
@@ -54,6 +54,7 @@ def _ours(class_logits, mask_logits, threshold, mask_threshold, overlap, rule):
         torch.tensor([[H, W]]),
         torch.tensor([threshold]),
         torch.tensor([mask_threshold]),
+        torch.tensor([rule.upsampling]),
         (H, W),
     )
     image = {k: v[0].numpy() for k, v in outputs.items()}
@@ -75,7 +76,7 @@ def _transformers(class_logits, mask_logits, threshold, mask_threshold, overlap)
     )[0]
 
 
-def test_original_area_is_unweighted_in_the_paper() -> None:
+def test_original_area_is_unweighted_in_maskformer() -> None:
     # Query 1 is confident in its mask (0.9) but its class score is 0.52: transformers weighs
     # the mask by the score (0.47 < 0.5), finds no "original area", and drops the query.
     class_logits = _class_logits([(0, 0.9), (1, 0.52)])
@@ -83,9 +84,10 @@ def test_original_area_is_unweighted_in_the_paper() -> None:
     hf = _transformers(class_logits, mask_logits, 0.5, 0.5, 0.8)
     assert [info["label_id"] for info in hf["segments_info"]] == [0]
 
-    paper = _ours(class_logits, mask_logits, 0.5, 0.5, 0.8, PanopticRule.PAPER)
-    assert [label for label, _ in paper] == [0, 1]
-    assert _inside(paper[1][1], 16, 32) and not paper[1][1][:, :14].any()
+    for rule in (PanopticRule.MASKFORMER, PanopticRule.MASK2FORMER):
+        ours = _ours(class_logits, mask_logits, 0.5, 0.5, 0.8, rule)
+        assert [label for label, _ in ours] == [0, 1]
+        assert _inside(ours[1][1], 16, 32) and not ours[1][1][:, :14].any()
 
     compat = _ours(class_logits, mask_logits, 0.5, 0.5, 0.8, PanopticRule.TRANSFORMERS)
     assert [label for label, _ in compat] == [0]
@@ -111,14 +113,15 @@ def test_segment_ids_stay_unique_after_stuff_fusion() -> None:
         assert _inside(thing1, 24, 32) and not thing1[:, :22].any()
 
 
-def test_paper_segments_exclude_pixels_below_the_mask_threshold() -> None:
+def test_mask2former_segments_exclude_pixels_below_the_mask_threshold() -> None:
     # One query wins everywhere (the only kept one) but is above 0.5 on its left half only.
     class_logits = _class_logits([(0, 0.9), (NO_OBJECT, 0.9)])
     mask_logits = _masks([(slice(0, 4), 0.9), (slice(0, 8), 0.9)])
     hf = _transformers(class_logits, mask_logits, 0.5, 0.5, 0.4)
     assert (hf["segmentation"].numpy() == 1).all()  # the whole argmax region
 
-    ((label, paper_mask),) = _ours(class_logits, mask_logits, 0.5, 0.5, 0.4, PanopticRule.PAPER)
-    assert label == 0 and _inside(paper_mask, 0, 16) and not paper_mask[:, 18:].any()
-    ((_, compat_mask),) = _ours(class_logits, mask_logits, 0.5, 0.5, 0.4, PanopticRule.TRANSFORMERS)
-    assert compat_mask.all()
+    ((label, mask2former_mask),) = _ours(class_logits, mask_logits, 0.5, 0.5, 0.4, PanopticRule.MASK2FORMER)
+    assert label == 0 and _inside(mask2former_mask, 0, 16) and not mask2former_mask[:, 18:].any()
+    for rule in (PanopticRule.MASKFORMER, PanopticRule.TRANSFORMERS):  # MaskFormer keeps the argmax region too
+        ((_, whole),) = _ours(class_logits, mask_logits, 0.5, 0.5, 0.4, rule)
+        assert whole.all()

@@ -22,7 +22,14 @@ def _decode(segment) -> np.ndarray:
     return segment.mask()
 
 
-def _run(bundle_dir: Path, checkpoint: Path, seed: int, threshold: float, mask_threshold: float):
+def _run(
+    bundle_dir: Path,
+    checkpoint: Path,
+    seed: int,
+    threshold: float,
+    mask_threshold: float,
+    rule: PanopticRule = PanopticRule.MASKFORMER,
+):
     bundle = Bundle.load(bundle_dir)
     h, w = bundle.manifest.canvas.hw
     pixels = torch.randn(1, 3, h, w, generator=torch.Generator().manual_seed(seed))
@@ -35,6 +42,7 @@ def _run(bundle_dir: Path, checkpoint: Path, seed: int, threshold: float, mask_t
         "image_sizes": np.array([[h, w]], dtype=np.int64),
         "score_threshold": np.array([threshold], dtype=np.float32),
         "mask_threshold": np.array([mask_threshold], dtype=np.float32),
+        "panoptic_upsampling": np.array([rule.upsampling], dtype=np.int32),
     }
     assert list(feeds) == list(INPUTS)
     outputs = {name: value[0] for name, value in zip(OUTPUTS, session.run(None, feeds), strict=True)}
@@ -42,7 +50,7 @@ def _run(bundle_dir: Path, checkpoint: Path, seed: int, threshold: float, mask_t
     return bundle, hf_out, outputs, letterbox
 
 
-def _postprocessor(bundle: Bundle, rule: PanopticRule = PanopticRule.PAPER) -> PostProcessor:
+def _postprocessor(bundle: Bundle, rule: PanopticRule = PanopticRule.MASKFORMER) -> PostProcessor:
     return PostProcessor(bundle.manifest.label_names, bundle.manifest.isthing, rule)
 
 
@@ -106,7 +114,12 @@ def test_panoptic_transformers_rule(bundle_factory, checkpoint_factory, backbone
     # near 0.3 a threshold of 0.5 would leave no segment at all.
     threshold, mask_threshold, overlap = 0.25, 0.2, 0.3
     bundle, hf_out, outputs, letterbox = _run(
-        bundle_factory(backbone), checkpoint_factory(backbone), seed, threshold, mask_threshold
+        bundle_factory(backbone),
+        checkpoint_factory(backbone),
+        seed,
+        threshold,
+        mask_threshold,
+        PanopticRule.TRANSFORMERS,
     )
     stuff = {label.id for label in bundle.manifest.labels if not label.isthing}
     result = MaskFormerImageProcessor().post_process_panoptic_segmentation(

@@ -32,6 +32,7 @@ def test_reduced_precision_export(tmp_path: Path, checkpoint_factory, bundle_fac
         "image_sizes": np.array([[128, 128], [96, 128]], np.int64),
         "score_threshold": np.full(2, 0.2, np.float32),
         "mask_threshold": np.full(2, 0.5, np.float32),
+        "panoptic_upsampling": np.array([0, 1], np.int32),
     }
     outputs = [name for name in OUTPUTS if name not in RAW_OUTPUTS]
     a, b = reduced.run(feeds, outputs), full.run(feeds, outputs)

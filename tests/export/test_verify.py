@@ -1,15 +1,22 @@
-"""The fused-head comparison of ``export.verify``: ties may go either way, real differences may not."""
+"""``export.verify``: ties may go either way in the fused-head comparison, real differences may
+not; a failure is one line naming the canvas and the first failing node or output, with a hint."""
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any
 
 import numpy.typing as npt
 import pytest
 import torch
 
-from maskserve.bundle import AreaColumn
-from maskserve.export.verify import Check, compare_fused, scaled_logit_limit
+from maskserve import cli
+from maskserve.bundle import AreaColumn, PanopticUpsampling
+from maskserve.export import pipeline
+from maskserve.export.report import Check
+from maskserve.export.shape_branches import SwinGeometry
+from maskserve.export.verify import compare_fused
 from maskserve.model.reference import reference_outputs
 
 ARGMAX, KEPT, MASK = AreaColumn.ARGMAX, AreaColumn.KEPT, AreaColumn.MASK
@@ -28,6 +35,7 @@ def _tied_reference() -> dict[str, npt.NDArray[Any]]:
         torch.tensor([[32, 32]]),
         torch.tensor([0.5]),
         torch.tensor([0.5]),
+        torch.tensor([PanopticUpsampling.LOGITS]),
         (32, 32),
         margins=True,
     )
@@ -65,9 +73,25 @@ def test_a_real_area_difference_fails(ref: dict[str, npt.NDArray[Any]], query: i
     assert not check.ok and check.value == 5
 
 
-def test_the_raw_logit_limit_scales_with_the_largest_logit_never_below_itself() -> None:
-    small = torch.tensor([[0.2, -0.5]]).numpy()
-    large = torch.tensor([[36.0, -4.0]]).numpy()
-    assert scaled_logit_limit(1e-4, small) == 1e-4
-    assert scaled_logit_limit(1e-4, large) == pytest.approx(3.6e-3)
-    assert scaled_logit_limit(None, large) is None  # fp16/int8: reported, not gated
+def test_a_graph_specialized_to_its_trace_canvas_fails_naming_canvas_node_and_hint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], window4_checkpoint: Path
+) -> None:
+    """Issue 11's failure, reproduced by exporting without the Swin patch, traced at 128 x 128
+    where no stage pads: the first canvas where stages pad is named with the node that fails
+    there, a hint follows the table, the exit code is 1 and nothing is written."""
+    monkeypatch.setattr(
+        pipeline, "plan_trace", lambda config, canvases: pipeline.TracePlan(canvases[0], SwinGeometry.of(config), False)
+    )
+    out = tmp_path / "bundle"
+    args = ["export", "--model", str(window4_checkpoint), "--out", str(out), "--size", "128", "128"]
+    code = cli.main([*args, "--canvas", "160x160", "--thing-ids", "0", "1"])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 1
+    assert re.fullmatch(
+        r"error: verification failed at canvas 160x160: onnxruntime stopped in \w+ node '[^']+': .+; "
+        r"no bundle was written",
+        lines[-1],
+    ), lines[-1]
+    assert lines[-2].startswith("hint: ") and "baked in at the trace canvas 128x128" in lines[-2]
+    assert any(line.startswith("160x160") and "(graph)" in line for line in lines)
+    assert list(tmp_path.iterdir()) == []

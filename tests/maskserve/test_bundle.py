@@ -71,11 +71,15 @@ def test_unreadable_json(bundle_dir: Path) -> None:
 @pytest.mark.parametrize(
     ("change", "needle"),
     [
-        (lambda m: m.update(schema_version=2), "schema_version 2 is not 1"),
+        (
+            lambda m: m.update(schema_version=1),
+            "schema_version 1 is not 2, the version this maskserve reads: re-export",
+        ),
         (lambda m: m["labels"].reverse(), "ids 0..K-1 in order"),
         (lambda m: m.update(canvas={"height": 320, "width": 320}), "default canvas must be one of canvases"),
         (lambda m: m["outputs"].pop("semantic_map"), "graph contract"),
         (lambda m: m["inputs"].pop("image_sizes"), "graph contract"),
+        (lambda m: m["inputs"].pop("panoptic_upsampling"), "graph contract"),
         (lambda m: m.update(panoptic_area_columns=["kept", "argmax", "mask", "weighted_mask"]), "panoptic_area"),
         (lambda m: m.update(canvas={"height": 100, "width": 160}), "multiple of 32"),
         (lambda m: m.update(default_task="depth"), "default_task"),
@@ -88,6 +92,7 @@ def test_unreadable_json(bundle_dir: Path) -> None:
         "default-canvas",
         "outputs",
         "inputs",
+        "inputs-upsampling",
         "area-columns",
         "canvas-multiple",
         "task",

@@ -5,16 +5,19 @@ from __future__ import annotations
 import pytest
 import torch
 
+from maskserve.bundle import PanopticUpsampling
 from maskserve.model.fused_head import FusedMaskHead
 from maskserve.model.reference import reference_outputs
 
 
-def _fused(class_logits, mask_logits, sizes, score_t, mask_t, canvas):
+def _fused(class_logits, mask_logits, sizes, score_t, mask_t, canvas, upsampling=None):
     """``FusedMaskHead`` itself on given mask logits: identity mask embeddings turn its einsum
     (``bqc,bchw->bqhw``) into a copy of the pixel embeddings, exactly."""
     batch, queries = mask_logits.shape[:2]
     identity = torch.eye(queries).expand(batch, queries, queries)
-    return FusedMaskHead()(class_logits, identity, mask_logits, sizes, score_t, mask_t, canvas)
+    if upsampling is None:
+        upsampling = torch.full((batch,), PanopticUpsampling.LOGITS, dtype=torch.int32)
+    return FusedMaskHead()(class_logits, identity, mask_logits, sizes, score_t, mask_t, upsampling, canvas)
 
 
 @pytest.mark.parametrize(
@@ -28,10 +31,12 @@ def test_fused_equals_reference(batch: int, queries: int, labels: int, canvas: t
     sizes = torch.tensor([[canvas[0] - 8 * i, canvas[1] - 5 * i] for i in range(batch)], dtype=torch.int64)
     score_t = torch.rand(batch, generator=g) * 0.5
     mask_t = 0.3 + torch.rand(batch, generator=g) * 0.4
+    # Both upsampling orders, alternating, so that a batch mixes them.
+    upsampling = (torch.arange(batch, dtype=torch.int32) + seed) % 2
 
     with torch.inference_mode():
-        fused = _fused(class_logits, mask_logits, sizes, score_t, mask_t, canvas)
-    reference = reference_outputs(class_logits, mask_logits, sizes, score_t, mask_t, canvas)
+        fused = _fused(class_logits, mask_logits, sizes, score_t, mask_t, canvas, upsampling)
+    reference = reference_outputs(class_logits, mask_logits, sizes, score_t, mask_t, upsampling, canvas)
 
     assert set(fused) == set(reference) | {"class_logits", "mask_logits"}
     assert torch.equal(fused["mask_logits"], mask_logits) and torch.equal(fused["class_logits"], class_logits)
@@ -75,3 +80,33 @@ def test_no_kept_query_gives_empty_map() -> None:
         )
     assert (out["panoptic_map"] == -1).all()
     assert (out["panoptic_areas"][..., :2] == 0).all()
+
+
+def test_the_two_upsampling_orders_differ_only_near_boundaries() -> None:
+    """Logits first (MaskFormer) and probabilities first (transformers) agree away from mask
+    edges and disagree on some edge pixels: the input picks the order per image."""
+    class_logits = torch.tensor([[[5.0, -5.0, -5.0], [-5.0, 5.0, -5.0]]] * 2)  # (2, Q=2, K+1=3)
+    mask = torch.full((2, 2, 8, 8), -6.0)
+    mask[:, 0, :, :4] = 6.0  # query 0 on the left, query 1 on the right, a sharp edge between
+    mask[:, 1, :, 4:] = 1.0
+    sizes = torch.tensor([[32, 32]] * 2)
+    orders = torch.tensor([PanopticUpsampling.LOGITS, PanopticUpsampling.PROBABILITIES], dtype=torch.int32)
+    with torch.inference_mode():
+        out = _fused(class_logits, mask, sizes, torch.tensor([0.5] * 2), torch.tensor([0.5] * 2), (32, 32), orders)
+    logits_first, probs_first = out["panoptic_map"]
+    assert torch.equal(logits_first[:, :12], probs_first[:, :12]) and torch.equal(
+        logits_first[:, 20:], probs_first[:, 20:]
+    )
+    assert not torch.equal(logits_first, probs_first)
+    for index, order in enumerate(orders):
+        expected = reference_outputs(
+            class_logits[index : index + 1],
+            mask[index : index + 1],
+            sizes[:1],
+            torch.tensor([0.5]),
+            torch.tensor([0.5]),
+            order.view(1),
+            (32, 32),
+        )
+        assert torch.equal(out["panoptic_map"][index], expected["panoptic_map"][0])
+        assert torch.equal(out["panoptic_areas"][index], expected["panoptic_areas"][0])

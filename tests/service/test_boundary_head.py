@@ -21,7 +21,7 @@ import onnxruntime as ort
 import pytest
 
 from bench.boundary_head import export_head, trained_like
-from maskserve.bundle import INPUTS, RAW_OUTPUTS, TASK_OUTPUTS, Bundle
+from maskserve.bundle import INPUTS, RAW_OUTPUTS, TASK_OUTPUTS, Bundle, PanopticUpsampling
 from maskserve.service import boundary_head
 
 OUTPUTS = ("semantic_map", *TASK_OUTPUTS["panoptic"])
@@ -32,7 +32,7 @@ CANVASES = [(128, 128), (128, 192), (192, 128), (32, 64), (96, 32)]
 class Head:
     full: ort.InferenceSession
     tail: ort.InferenceSession
-    low: tuple[str, str, str]  # class_probs, mask_probs, segmentation
+    low: tuple[str, ...]  # class_probs, mask_probs, segmentation
     resized: tuple[str, str]  # the semantic and the panoptic Resize outputs, (B, C, H, W)
     num_queries: int
     num_labels: int
@@ -49,6 +49,7 @@ class Head:
 
     def run_tail(self, low: tuple[np.ndarray, ...], feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         available = {**feeds, **dict(zip(self.low, low, strict=True))}
+        available.setdefault("mask_logits", np.zeros_like(low[1]))  # not read: every image takes low[1]
         values = self.tail.run(list(OUTPUTS), {i.name: available[i.name] for i in self.tail.get_inputs()})
         return dict(zip(OUTPUTS, values, strict=True))
 
@@ -57,15 +58,20 @@ def _head(model: onnx.ModelProto, num_queries: int, num_labels: int) -> Head:
     extractor = onnx.utils.Extractor(model)
     sources = [*INPUTS, *RAW_OUTPUTS]
     heads = {task: extractor.extract_model(sources, list(TASK_OUTPUTS[task])) for task in ("semantic", "panoptic")}
-    low = boundary_head.graph_tensors(heads)
-    assert low is not None
+    found = boundary_head.graph_tensors(heads)
+    assert set(found.names) == {"semantic", "panoptic"}
+    assert found.panoptic_orders == {PanopticUpsampling.PROBABILITIES}
+    low = (*found.names["panoptic"], *found.names["semantic"])
 
     def session(inputs: list[str], outputs: list[str]) -> ort.InferenceSession:
         graph = extractor.extract_model(inputs, outputs).SerializeToString()
         return ort.InferenceSession(graph, providers=["CPUExecutionProvider"])
 
     semantic, panoptic = (next(n.output[0] for n in heads[task].graph.node if n.op_type == "Resize") for task in heads)
-    tail_inputs = [*low, "pixel_values", "image_sizes", "score_threshold", "mask_threshold"]
+    # Schema 2's panoptic head picks logits or probabilities per image before its Resize: the
+    # tail takes the logits too, and every image here picks the probabilities, the order the host
+    # head follows.
+    tail_inputs = [*low, *INPUTS, "mask_logits"]
     return Head(
         full=session(sources, [*low, *OUTPUTS, semantic, panoptic]),
         tail=session(tail_inputs, list(OUTPUTS)),
@@ -105,6 +111,7 @@ def _feeds(canvas: tuple[int, int], class_logits: np.ndarray, mask_logits: np.nd
         "image_sizes": np.array([[height, width], [height - 13, width - 7], [height // 2 + 1, 5], [1, 1]], np.int64),
         "score_threshold": np.array([0.0, 0.5, 0.3, 0.0], np.float32),
         "mask_threshold": np.array([0.5, 0.5, 0.0, 1.0], np.float32),
+        "panoptic_upsampling": np.full(4, PanopticUpsampling.PROBABILITIES, np.int32),
         "class_logits": class_logits,
         "mask_logits": mask_logits,
     }
@@ -211,6 +218,7 @@ def _tail_feeds(canvas: tuple[int, int], batch: int, mask_threshold: float) -> d
         "image_sizes": np.array([[height - 5 * i, width - 3 * i] for i in range(batch)], np.int64),
         "score_threshold": np.full(batch, 0.1, np.float32),
         "mask_threshold": np.full(batch, mask_threshold, np.float32),
+        "panoptic_upsampling": np.full(batch, PanopticUpsampling.PROBABILITIES, np.int32),
     }
 
 

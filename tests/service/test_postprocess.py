@@ -18,7 +18,8 @@ from maskserve.service.preprocess import Letterbox
 
 LABELS = ("circle", "square", "sky", "ground")
 ISTHING = (True, True, False, False)
-postprocess = PostProcessor(LABELS, ISTHING)
+postprocess = PostProcessor(LABELS, ISTHING)  # the default rule: maskformer
+mask2former_rule = PostProcessor(LABELS, ISTHING, PanopticRule.MASK2FORMER)
 transformers_rule = PostProcessor(LABELS, ISTHING, PanopticRule.TRANSFORMERS)
 
 
@@ -84,12 +85,17 @@ def _panoptic_outputs() -> dict[str, np.ndarray]:
 
 def test_panoptic_fuses_stuff_and_keeps_ids_unique() -> None:
     box = Letterbox(canvas=(4, 8), valid=(4, 8), original=(4, 8))
-    segments = postprocess(_panoptic_outputs(), box, TaskParams("panoptic", 0.5, 0.5, 0.8))
-    assert [(s.id, s.label_id, s.score, s.isthing) for s in segments] == [(1, 0, 0.9, True), (2, 2, 0.8, False)]
-    assert [s.label for s in segments] == ["circle", "sky"]
-    thing, stuff = (_decode(s) for s in segments)
-    assert thing[:, :3].all() and not thing[:, 3:].any()  # paper rule: below-threshold pixels excluded
-    assert stuff[:, 4:].all() and not stuff[:, :4].any()  # q1 and q2 fused
+    assert postprocess.rule is PanopticRule.MASKFORMER
+    for rule in (postprocess, mask2former_rule):
+        segments = rule(_panoptic_outputs(), box, TaskParams("panoptic", 0.5, 0.5, 0.8))
+        assert [(s.id, s.label_id, s.score, s.isthing) for s in segments] == [(1, 0, 0.9, True), (2, 2, 0.8, False)]
+        assert [s.label for s in segments] == ["circle", "sky"]
+        stuff = _decode(segments[1])
+        assert stuff[:, 4:].all() and not stuff[:, :4].any()  # q1 and q2 fused
+    thing = _decode(postprocess(_panoptic_outputs(), box, TaskParams("panoptic", 0.5, 0.5, 0.8))[0])
+    assert thing[:, :4].all() and not thing[:, 4:].any()  # maskformer: the whole argmax region
+    thing = _decode(mask2former_rule(_panoptic_outputs(), box, TaskParams("panoptic", 0.5, 0.5, 0.8))[0])
+    assert thing[:, :3].all() and not thing[:, 3:].any()  # mask2former: below-threshold pixels excluded
 
 
 def test_panoptic_transformers_rule() -> None:
@@ -106,9 +112,20 @@ def test_panoptic_overlap_test_drops_fragments() -> None:
     out = _panoptic_outputs()
     out["panoptic_areas"][0] = [16, 12, 40, 40]  # the argmax region is < 80% of the query's own mask
     box = Letterbox(canvas=(4, 8), valid=(4, 8), original=(4, 8))
-    segments = postprocess(out, box, TaskParams("panoptic", 0.5, 0.5, 0.8))
-    assert [s.label_id for s in segments] == [2]
-    assert postprocess(out, box, TaskParams("panoptic", 0.95, 0.5, 0.8)) == []
+    for rule in (postprocess, mask2former_rule):
+        segments = rule(out, box, TaskParams("panoptic", 0.5, 0.5, 0.8))
+        assert [s.label_id for s in segments] == [2]
+        assert rule(out, box, TaskParams("panoptic", 0.95, 0.5, 0.8)) == []
+
+
+def test_mask2former_drops_a_query_that_wins_only_below_its_threshold() -> None:
+    out = _panoptic_outputs()
+    out["panoptic_map"][:, :3] = 4  # q0 now wins its columns only below the mask threshold
+    out["panoptic_areas"][0] = [16, 0, 12, 12]
+    box = Letterbox(canvas=(4, 8), valid=(4, 8), original=(4, 8))
+    params = TaskParams("panoptic", 0.5, 0.5, 0.7)
+    assert [s.label_id for s in mask2former_rule(out, box, params)] == [2]
+    assert [s.label_id for s in postprocess(out, box, params)] == [0, 2]
 
 
 def test_instance_sorts_filters_and_upsamples() -> None:

@@ -14,6 +14,7 @@ from maskserve import Result, Segmenter
 from maskserve.bundle import Bundle
 from maskserve.service.engines import answers
 from maskserve.service.errors import ImageTooLarge, InvalidImage, InvalidRequest
+from maskserve.service.postprocess import PanopticRule
 from maskserve.service.response import render_json
 from tests.service import images
 from tests.service.server import running_server
@@ -129,3 +130,33 @@ def test_load_defaults_to_the_demo_bundle() -> None:
     with Segmenter.load() as seg:
         assert seg.manifest.name == "shapes" and seg.backend.provider == "CPUExecutionProvider"
         assert seg.canvases == [c.hw for c in Bundle.load(seg.bundle.directory).manifest.canvases]
+
+
+class _RecordingBackend:
+    """The real backend, keeping the feeds of every call."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.feeds = inner, []
+        self.name, self.provider, self.max_batch = inner.name, inner.provider, inner.max_batch
+
+    def run(self, feeds, outputs):
+        self.feeds.append(dict(feeds))
+        return self.inner.run(feeds, outputs)
+
+    def close(self) -> None:
+        pass
+
+
+def test_the_panoptic_rule_picks_the_graphs_upsampling(segmenter: Segmenter) -> None:
+    """MaskFormer and Mask2Former upsample mask logits, transformers probabilities; the default is maskformer."""
+    assert segmenter.postprocessor.rule is PanopticRule.MASKFORMER
+    answers_by_rule = {}
+    for rule in PanopticRule:
+        backend = _RecordingBackend(segmenter.backend)
+        seg = Segmenter(segmenter.bundle, backend, panoptic_rule=rule)
+        answers_by_rule[rule] = seg.segment_batch([images.png(100, 150, seed=1), images.png(64, 64, seed=2)], **PARAMS)
+        assert [int(v) for feeds in backend.feeds for v in feeds["panoptic_upsampling"]] == [int(rule.upsampling)] * 2
+    # (transformers compares score-weighted probabilities with mask_threshold: few segments here)
+    maskformer, mask2former = answers_by_rule[PanopticRule.MASKFORMER], answers_by_rule[PanopticRule.MASK2FORMER]
+    assert all(result.segments for result in [*maskformer, *mask2former])
+    assert maskformer != mask2former

@@ -18,6 +18,7 @@ import pytest
 from pycocotools import mask as coco_mask
 
 from maskserve.bundle import Bundle
+from maskserve.service.postprocess import PanopticRule
 from maskserve.service.preprocess import Normalizer, prepare
 from maskserve.service.schemas import SegmentResponse
 from tests.service import images
@@ -102,6 +103,7 @@ def test_every_rle_matches_the_bundle_outputs(swin_bundle: Path, task: str) -> N
                 "image_sizes": np.array([[vh, vw]], np.int64),
                 "score_threshold": np.array([0.2], np.float32),
                 "mask_threshold": np.array([0.5], np.float32),
+                "panoptic_upsampling": np.array([PanopticRule.MASKFORMER.upsampling], np.int32),
             }
             out = dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds), strict=True))
             assert body["segments"], f"the fixture should produce {task} segments for {h}x{w}"
@@ -121,10 +123,12 @@ def test_every_rle_matches_the_bundle_outputs(swin_bundle: Path, task: str) -> N
                     assert any(matches)
                 else:
                     pan = _nearest(out["panoptic_map"][0][:vh, :vw], (h, w))
-                    queries = {int(q) for q in np.unique(pan[decoded])}
+                    num_queries = out["query_labels"].shape[1]
+                    winner = np.where(pan >= num_queries, pan - num_queries, pan)  # q + Q: q wins below threshold
+                    queries = {int(q) for q in np.unique(winner[decoded])}
                     assert all(out["query_labels"][0][q] == segment["label_id"] for q in queries)
-                    # paper rule: the segment is exactly the pixels its queries win above threshold
-                    assert np.array_equal(decoded, np.isin(pan, list(queries)))
+                    # maskformer rule (the default): the segment is exactly the pixels its queries win
+                    assert np.array_equal(decoded, np.isin(winner, list(queries)))
 
 
 def _bad_inputs() -> list[tuple[str, dict, int, str]]:

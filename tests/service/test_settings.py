@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -81,3 +84,27 @@ def test_label_studio_settings_read_label_studios_own_names(monkeypatch: pytest.
 def test_protocol_settings_are_validated(swin_bundle: Path, overrides: dict, needle: str) -> None:
     with pytest.raises(ValidationError, match=needle):
         Settings(**{"bundle": swin_bundle, **overrides})
+
+
+def test_panoptic_rule_defaults_to_maskformer(swin_bundle: Path) -> None:
+    assert Settings(bundle=swin_bundle).panoptic_rule == "maskformer"
+    for rule in ("maskformer", "mask2former", "transformers"):
+        assert Settings(bundle=swin_bundle, panoptic_rule=rule).panoptic_rule == rule
+
+
+def test_the_old_paper_rule_fails_at_start_up_naming_the_new_ones(swin_bundle: Path) -> None:
+    with pytest.raises(ValidationError, match="'paper' is no longer a panoptic rule"):
+        Settings(bundle=swin_bundle, panoptic_rule="paper")
+    env = {**os.environ, "MASKSERVE_PANOPTIC_RULE": "paper"}
+    result = subprocess.run(
+        [sys.executable, "-m", "maskserve.cli", "serve", "--bundle", str(swin_bundle)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=False,
+    )
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: setting panoptic_rule: ")
+    assert all(f"'{rule}'" in lines[0] for rule in ("maskformer", "mask2former", "transformers")), lines[0]

@@ -39,6 +39,7 @@ class Profile:
             "image_sizes": ((low, 2), (opt, 2), (high, 2)),
             "score_threshold": ((low,), (opt,), (high,)),
             "mask_threshold": ((low,), (opt,), (high,)),
+            "panoptic_upsampling": ((low,), (opt,), (high,)),
         }
 
 

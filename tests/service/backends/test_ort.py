@@ -8,7 +8,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from maskserve.bundle import SERVED_OUTPUTS, TASK_OUTPUTS, Bundle
+from maskserve.bundle import SERVED_OUTPUTS, TASK_OUTPUTS, Bundle, PanopticUpsampling
 from maskserve.service.backends import BackendError
 from maskserve.service.backends.ort import OnnxRuntimeBackend, provider_chain
 
@@ -20,6 +20,7 @@ def _feeds(batch: int, canvas: tuple[int, int], seed: int) -> dict[str, np.ndarr
         "image_sizes": np.array([[canvas[0] - 8 * i, canvas[1] - 4 * i] for i in range(batch)], np.int64),
         "score_threshold": np.linspace(0.1, 0.4, batch).astype(np.float32),
         "mask_threshold": np.full(batch, 0.5, np.float32),
+        "panoptic_upsampling": np.arange(batch, dtype=np.int32) % 2,
     }
 
 
@@ -78,15 +79,20 @@ def test_host_head_equals_head_sessions_and_fused(bundle_factory, backbone: str)
     host = OnnxRuntimeBackend(path, max_batch=8, provider="cpu")
     sessions = OnnxRuntimeBackend(path, max_batch=8, provider="cpu", host_head=False)
     fused = OnnxRuntimeBackend(path, max_batch=8, provider="cpu", staged=False)
-    assert host.host_head and not sessions.host_head and not fused.host_head
+    assert host.host_tasks == ("panoptic", "semantic") and not sessions.host_head and not fused.host_head
     everything = list(SERVED_OUTPUTS)
-    for batch, canvas, outputs in [
-        (1, (128, 128), everything),
-        (3, (128, 192), everything),
-        (2, (192, 128), list(TASK_OUTPUTS["semantic"])),
-        (2, (128, 192), ["panoptic_map", "panoptic_areas"]),
+    probabilities = int(PanopticUpsampling.PROBABILITIES)
+    for batch, canvas, outputs, order in [
+        (1, (128, 128), everything, None),
+        (3, (128, 192), everything, None),  # mixed orders: the panoptic head session
+        (3, (128, 192), everything, probabilities),  # the host's panoptic head
+        (2, (192, 128), list(TASK_OUTPUTS["semantic"]), None),
+        (2, (128, 192), ["panoptic_map", "panoptic_areas"], probabilities),
     ]:
         feeds = _feeds(batch, canvas, seed=batch + canvas[0])
+        if order is not None:
+            feeds["panoptic_upsampling"][:] = order
+        assert host._host_follows("panoptic", feeds) == (order == probabilities)
         feeds["image_sizes"] -= np.array([3, 1])  # letterboxed to sizes that are not multiples of 4
         feeds["score_threshold"][0] = 0.0
         a, b, c = host.run(feeds, outputs), sessions.run(feeds, outputs), fused.run(feeds, outputs)
@@ -103,7 +109,7 @@ def test_host_head_falls_back_to_head_sessions(swin_bundle: Path, monkeypatch: p
     from maskserve.service import bilinear, boundary_head
 
     if reason == "graph":
-        monkeypatch.setattr(boundary_head, "graph_tensors", lambda heads: None)
+        monkeypatch.setattr(boundary_head, "graph_tensors", lambda heads: boundary_head.HostTensors({}))
     else:
         probe = bilinear.resize_probe
 

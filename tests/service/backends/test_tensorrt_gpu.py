@@ -45,6 +45,7 @@ def test_build_verify_cache_and_run(engine_request, precision: str) -> None:
         "image_sizes": np.array([[128, 192], [100, 150], [64, 64]], np.int64),
         "score_threshold": np.array([0.1, 0.3, 0.5], np.float32),
         "mask_threshold": np.array([0.5, 0.4, 0.5], np.float32),
+        "panoptic_upsampling": np.array([0, 1, 0], np.int32),
     }
     reference = OnnxRuntimeBackend(request.bundle.model_path, max_batch=8, provider="cpu").run(feeds, outputs)
     for graphs in (False, True):

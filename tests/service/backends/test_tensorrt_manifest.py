@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from maskserve.bundle import Bundle
+from maskserve.bundle import INPUTS, Bundle
 from maskserve.service.backends.tensorrt.manifest import (
     EngineKey,
     EngineManifest,
@@ -30,6 +30,10 @@ def test_profiles_from_bundle_canvases(swin_bundle: Path) -> None:
     assert shapes["pixel_values"] == ((1, 3, 128, 192), (4, 3, 128, 192), (8, 3, 128, 192))
     assert shapes["image_sizes"] == ((1, 2), (4, 2), (8, 2))
     assert shapes["mask_threshold"] == ((1,), (4,), (8,))
+    # TensorRT needs a shape range for every graph input: every input of the contract, each of its rank
+    assert {name: len(shape[0]) for name, shape in shapes.items()} == {
+        name: len(dims) for name, (_, dims) in INPUTS.items()
+    }
     with pytest.raises(ValueError):
         build_profiles(canvases, (2, 1, 8))
 
