@@ -8,6 +8,7 @@ checkpoint with the same options is kept.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -16,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.gpu.config import THING_IDS, Config
+from bench.gpu.config import ROOT, THING_IDS, Config
 
 
 def build_checkpoint(config: Config) -> dict[str, Any]:
@@ -26,6 +27,17 @@ def build_checkpoint(config: Config) -> dict[str, Any]:
     started = time.perf_counter()
     description = save_trained_like(config.checkpoint(), model_config, config.canvas[0])
     return {"path": str(config.checkpoint()), "seconds": round(time.perf_counter() - started, 1), **description}
+
+
+def exporter_digest() -> str:
+    """What a bundle is made by: the exporter, the model wrapper and the bundle contract. A bundle
+    kept from an earlier run is exported again when any of them changed (a schema, a graph input)."""
+    digest = hashlib.sha256()
+    for path in sorted(
+        [*(ROOT / "export").rglob("*.py"), *(ROOT / "model").rglob("*.py"), ROOT / "maskserve" / "bundle.py"]
+    ):
+        digest.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
 
 
 def _command(config: Config, precision: str, verify_provider: str) -> list[str]:
@@ -81,7 +93,8 @@ def export_bundles(config: Config, checkpoint: dict[str, Any]) -> tuple[list[dic
     bundle passes), so that the measurements still run inside this call."""
     provider = "cpu" if config.rehearse else "cuda"
     built = {key: value for key, value in checkpoint.items() if key != "seconds"}
-    wanted = json.loads(json.dumps({"checkpoint": built, "max_batch": config.max_batch, "things": THING_IDS}))
+    wanted = {"checkpoint": built, "max_batch": config.max_batch, "things": THING_IDS, "exporter": exporter_digest()}
+    wanted = json.loads(json.dumps(wanted))
     done: dict[str, dict[str, Any]] = {}
     failures: list[dict[str, Any]] = []
     running: dict[str, tuple[subprocess.Popen[bytes], float, str]] = {}

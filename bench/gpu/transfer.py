@@ -135,7 +135,9 @@ def make_pieces(config: Config, wheel_dir: Path | None, download_them: bool, pie
     limit = piece_bytes or (REHEARSAL_PIECE if config.rehearse else CALL_LIMIT - tree - MARGIN)
     if limit <= 0:
         raise SystemExit(f"the tree alone is {tree / 2**20:.1f} MiB: nothing fits beside it in a call")
-    if pieces.fresh(config.pieces, wheels, limit):
+    # Kept while each piece fits beside the tree and the manifest (16 KiB is plenty for it).
+    fits = piece_bytes or (REHEARSAL_PIECE if config.rehearse else CALL_LIMIT - tree - (16 << 10))
+    if pieces.fresh(config.pieces, wheels, fits):
         manifest = pieces.load_manifest(config.pieces)
         print(f"pieces in {config.pieces} are up to date", file=sys.stderr)
     else:
