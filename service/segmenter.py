@@ -27,8 +27,9 @@ from maskserve.service.backends import Backend, BackendOptions
 from maskserve.service.backends.base import graph_feeds
 from maskserve.service.decode import DEFAULT_MAX_IMAGE_PIXELS
 from maskserve.service.errors import InvalidRequest
-from maskserve.service.loading import load_backend
+from maskserve.service.loading import check_runtime, load_backend
 from maskserve.service.postprocess import PanopticRule, PostProcessor, TaskParams
+from maskserve.service.precision import Fallback, cpu_flags, served_precision
 from maskserve.service.preprocess import ImageInput, Normalizer, Prepared, prepare
 from maskserve.service.result import Result
 
@@ -86,11 +87,13 @@ class Segmenter:
         engine_cache: str | Path | None = None,
         engine_precision: str = "fp16",
         cuda_graphs: bool = False,
+        precision_fallback: Fallback = "refuse",
     ) -> Segmenter:
         """Load a bundle directory (default: the embedded demo model) and create its backend.
 
         ``backend`` and ``provider`` are the ``MASKSERVE_BACKEND`` / ``MASKSERVE_PROVIDER``
-        choices (e.g. ``provider="cuda"``). Raises ``BundleError`` or ``BackendError`` (one line).
+        choices (e.g. ``provider="cuda"``), ``precision_fallback`` ``MASKSERVE_PRECISION_FALLBACK``'s
+        (a bf16 bundle where bf16 cannot run). Raises ``BundleError`` or ``BackendError`` (one line).
         """
         loaded = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle or DEFAULT_BUNDLE)
         options = BackendOptions(
@@ -102,6 +105,8 @@ class Segmenter:
             cuda_graphs=cuda_graphs,
         )
         chosen = serving_canvases(loaded.manifest, canvases)
+        kind = check_runtime(options, loaded)
+        served_precision(loaded.manifest.precision, kind, cpu_flags(), precision_fallback)
         runtime = load_backend(options, loaded, chosen, max_batch or loaded.manifest.max_batch)
         return cls(
             loaded,
