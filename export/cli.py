@@ -80,6 +80,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="also verify on the images in DIR, letterboxed as the server does (recommended for a trained model)",
     )
+    parser.add_argument(
+        "--verify-provider",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="run the noise check in ONNX Runtime's CUDA provider against PyTorch on the GPU (needs "
+        "onnxruntime-gpu); on the CPU an --fp16 graph is mostly computed in float32",
+    )
     parser.add_argument("--force", action="store_true", help="replace an existing output directory")
 
 

@@ -89,6 +89,7 @@ class ExportOptions:
     name: str | None = None
     verify: bool = True
     verify_images: Path | None = None
+    verify_provider: Literal["cpu", "cuda"] = "cpu"
     force: bool = False
 
 
@@ -270,8 +271,10 @@ def run_export(options: ExportOptions, log: Callable[[str], None] = print) -> Ma
         report: Report | None = None
         if options.verify:
             extra = extra_canvas(plan.geometry, plan.trace, canvases, plan.patched)
-            progress(f"verifying against PyTorch in ONNX Runtime at {', '.join(map(str, [*canvases, extra]))}")
-            report = _verify(onnx_path, checkpoint.model, [*canvases, extra], graph_precision)
+            on = " on the GPU (CUDA execution provider)" if options.verify_provider == "cuda" else ""
+            at = ", ".join(map(str, [*canvases, extra]))
+            progress(f"verifying against PyTorch in ONNX Runtime{on} at {at}")
+            report = _verify(onnx_path, checkpoint.model, [*canvases, extra], graph_precision, options.verify_provider)
             report.context = plan.context()
             if options.verify_images is not None:
                 images = find_images(options.verify_images)
@@ -353,9 +356,9 @@ def _measure_accuracy(
     return accuracy
 
 
-def _verify(onnx_path: Path, model: Any, canvases: list[Canvas], precision: str) -> Report:
+def _verify(onnx_path: Path, model: Any, canvases: list[Canvas], precision: str, provider: str) -> Report:
     try:
-        return verify(onnx_path, model, canvases, precision)
+        return verify(onnx_path, model, canvases, precision, provider=provider)
     except Exception as exc:  # ONNX Runtime refusing to load the graph is a failed verification
         raise VerificationFailed(
             f"onnxruntime could not load the exported graph: {first_line(exc)}",

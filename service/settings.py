@@ -140,7 +140,8 @@ class Settings(BaseSettings):
         5.0,
         ge=0,
         le=10_000,
-        description="How long the oldest queued image may wait for others to join its batch. Higher "
+        description="How long the oldest queued image may wait for others to join its batch, at most as "
+        "long as the last model call at its canvas took (waiting longer than a call helps nobody). Higher "
         "trades latency for throughput under load; 0 runs whatever is queued at once.",
     )
     max_queue: int = Field(

@@ -15,8 +15,12 @@ The module is named ``ort`` so that it never shadows the ``onnxruntime`` package
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
+import io
 import itertools
 import logging
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -40,8 +44,15 @@ PROVIDERS = {
 AUTO_ORDER = ("tensorrt", "cuda", "cpu")
 
 
-def provider_chain(choice: str, available: Sequence[str]) -> list[str]:
-    """Providers to hand to the session, best first. A pinned provider must be available."""
+def provider_chain(choice: str, available: Sequence[str], tensorrt_present: bool | None = None) -> list[str]:
+    """Providers to hand to the session, best first. A pinned provider must be available.
+
+    ``auto`` takes the TensorRT EP only where TensorRT itself is installed (``tensorrt_present``,
+    default: the ``tensorrt`` package is importable): onnxruntime-gpu lists the TensorRT EP as
+    available whether or not TensorRT's libraries exist, and a session asked for it without them
+    fails and is re-created by ONNX Runtime on its fallback list, without maskserve's provider
+    options (seen with onnxruntime-gpu 1.31.1 on a machine without TensorRT).
+    """
     if choice != "auto":
         name = PROVIDERS[choice]
         if name not in available:
@@ -51,7 +62,13 @@ def provider_chain(choice: str, available: Sequence[str]) -> list[str]:
             )
         chain = [name]
     else:
-        chain = [PROVIDERS[key] for key in AUTO_ORDER if PROVIDERS[key] in available]
+        if tensorrt_present is None:
+            tensorrt_present = importlib.util.find_spec("tensorrt") is not None
+        chain = [
+            PROVIDERS[key]
+            for key in AUTO_ORDER
+            if PROVIDERS[key] in available and (key != "tensorrt" or tensorrt_present)
+        ]
     if PROVIDERS["cpu"] not in chain:
         chain.append(PROVIDERS["cpu"])  # ORT's fallback for any node the accelerator lacks
     return chain
@@ -74,6 +91,26 @@ def _provider_options(name: str, engine_cache: Path | None, fp16: bool) -> dict[
     return {}
 
 
+def nvidia_library_dirs(onnxruntime_dir: Path, search_path: Sequence[str], cuda_major: str) -> list[Path] | None:
+    """Where ``preload_dlls`` must look for the pip CUDA and cuDNN libraries, or None for its default.
+
+    ``onnxruntime.preload_dlls()`` looks for the ``nvidia-*`` wheels' libraries only beside the
+    ``onnxruntime`` package (its ``directory=None`` means ``onnxruntime/..``). Where onnxruntime-gpu is
+    installed elsewhere than the CUDA wheels (``pip install --target``, a venv over a system
+    site-packages that holds torch's CUDA libraries), nothing is found there and the CUDA provider
+    silently fails to load. Then the CUDA 13 layout is looked for on ``search_path``:
+    ``nvidia/cu13/lib`` (cuBLAS, cuFFT, cuRAND, NVRTC, runtime) and ``nvidia/cudnn/lib``.
+    """
+    if (onnxruntime_dir.parent / "nvidia").is_dir() or not cuda_major.isdigit() or int(cuda_major) < 13:
+        return None  # ORT's own search covers it (CUDA 12 wheels keep one folder per library)
+    for entry in search_path:
+        nvidia = Path(entry or ".") / "nvidia"
+        cuda, cudnn = nvidia / f"cu{cuda_major}" / "lib", nvidia / "cudnn" / "lib"
+        if cuda.is_dir():
+            return [cuda, *([cudnn] if cudnn.is_dir() else [])]
+    return None
+
+
 def _preload_cuda_libraries() -> None:
     """Load the CUDA and cuDNN libraries that ``maskserve[gpu]`` installs from pip (the
     ``nvidia-*`` wheels): they are not on the loader path, and ONNX Runtime >= 1.21 finds them
@@ -81,10 +118,24 @@ def _preload_cuda_libraries() -> None:
     preload = getattr(ort, "preload_dlls", None)
     if preload is None:
         return
+    cuda_major = str(getattr(ort, "cuda_version", "") or "").split(".")[0]
+    dirs = nvidia_library_dirs(Path(ort.__file__).parent, sys.path, cuda_major)
+    calls: list[dict[str, Any]] = (
+        [{}]
+        if dirs is None
+        else [{"cuda": True, "cudnn": False, "directory": str(dirs[0])}]
+        + [{"cuda": False, "cudnn": True, "directory": str(d)} for d in dirs[1:]]
+    )
+    # preload_dlls prints what it cannot load instead of raising: keep that in the log.
+    printed = io.StringIO()
     try:
-        preload()
+        with contextlib.redirect_stdout(printed):
+            for kwargs in calls:
+                preload(**kwargs)
     except Exception as exc:  # system CUDA libraries may serve instead; ORT reports what is missing
         log.warning("onnxruntime.preload_dlls failed: %s", exc)
+    if printed.getvalue().strip():
+        log.warning("onnxruntime.preload_dlls: %s", " ".join(printed.getvalue().split()))
 
 
 class OnnxRuntimeBackend:
@@ -130,6 +181,22 @@ class OnnxRuntimeBackend:
         except Exception as exc:  # ORT and onnx raise their own types; keep one line
             raise BackendError(f"onnxruntime cannot load {model_path}: {first_line(exc)}") from exc
         self.provider = self.session.get_providers()[0]
+        if self.provider != chain[0] and (provider != "auto" or self.provider == PROVIDERS["cpu"]):
+            # ONNX Runtime does not fail a session whose accelerator cannot be created: it logs the
+            # reason and runs on the CPU (seen with onnxruntime-gpu 1.31.1 and no CUDA libraries).
+            # Pinned, that is an error; auto says so (it may settle for CUDA after a failed TensorRT).
+            message = (
+                f"onnxruntime could not create {chain[0]} and fell back to {self.provider}; its log above says "
+                "why (for the CUDA EP usually the CUDA 13 or cuDNN 9 libraries: pip install 'maskserve[gpu]')"
+            )
+            if provider != "auto":
+                raise BackendError(message)
+            log.warning("%s", message)
+        if self.provider != PROVIDERS["cpu"]:
+            # A device session must not turn into a CPU session at run time: ONNX Runtime's
+            # default on an EP failure inside run() is to re-create the session on the CPU.
+            for session in (self.session, *getattr(self, "_heads", {}).values()):
+                session.disable_fallback()
         self.max_batch = max_batch
         self._on_device = self.provider != PROVIDERS["cpu"]
         log.info(

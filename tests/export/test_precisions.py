@@ -170,3 +170,18 @@ def test_bf16_export_is_the_fp32_graph_measured_in_openvino_bf16(tmp_path: Path,
     assert not [init.name for init in graph.initializer if init.data_type in reduced_types]
     assert not [n.name for n in graph.node if n.op_type == "Cast" and n.attribute[0].i in reduced_types]
     assert any(init.data_type == onnx.TensorProto.FLOAT and len(init.dims) > 1 for init in graph.initializer)
+
+
+def test_verify_on_cuda_never_verifies_on_the_cpu_instead(tmp_path: Path, checkpoint_factory) -> None:
+    """`--verify-provider cuda` where the CUDA provider cannot be created (this CPU build) fails the
+    verification instead of checking on the CPU and calling it the GPU's."""
+    from maskserve.service.backends.ort import ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("a CUDA build of onnxruntime is installed here")
+    out = tmp_path / "b"
+    result = run_cli(
+        "export", "--model", str(checkpoint_factory("resnet")), "--out", str(out), "--verify-provider", "cuda"
+    )
+    assert result.returncode == 1 and "CUDA execution provider could not be created" in result.stderr
+    assert not out.exists()

@@ -55,11 +55,14 @@ def test_staged_runs_only_requested_heads(swin_bundle: Path) -> None:
 def test_provider_chain() -> None:
     available = ort.get_available_providers()
     assert provider_chain("auto", available)[-1] == "CPUExecutionProvider"
-    assert provider_chain("auto", ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]) == [
-        "TensorrtExecutionProvider",
+    gpu_build = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert provider_chain("auto", gpu_build, tensorrt_present=True) == gpu_build
+    # onnxruntime-gpu lists the TensorRT EP without TensorRT installed: auto leaves it out then.
+    assert provider_chain("auto", gpu_build, tensorrt_present=False) == [
         "CUDAExecutionProvider",
         "CPUExecutionProvider",
     ]
+    assert provider_chain("tensorrt", gpu_build, tensorrt_present=False)[0] == "TensorrtExecutionProvider"
     assert provider_chain("cuda", ["CUDAExecutionProvider", "CPUExecutionProvider"]) == [
         "CUDAExecutionProvider",
         "CPUExecutionProvider",
@@ -137,3 +140,38 @@ def test_host_head_falls_back_to_head_sessions(
         assert backend._host_follows("panoptic", probabilities)
     expected = OnnxRuntimeBackend(path, max_batch=8, provider="cpu", staged=False).run(feeds, outputs)
     _assert_as_fused(backend.run(feeds, outputs), expected, outputs)
+
+
+def test_a_pinned_accelerator_never_runs_on_the_cpu(swin_bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ONNX Runtime creates a CPU session when the CUDA EP cannot be created (onnxruntime-gpu
+    without its CUDA libraries does that, as a CPU build asked for CUDA does here): pinned, that
+    is an error; with auto a warning, and the CPU session."""
+    import maskserve.service.backends.ort as module
+
+    monkeypatch.setattr(
+        module.ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    )
+    monkeypatch.setattr(module, "_preload_cuda_libraries", lambda: None)
+    path = Bundle.load(swin_bundle).model_path
+    with pytest.raises(BackendError, match="could not create CUDAExecutionProvider and fell back"):
+        OnnxRuntimeBackend(path, max_batch=8, provider="cuda")
+    assert OnnxRuntimeBackend(path, max_batch=8, provider="auto").provider == "CPUExecutionProvider"
+
+
+def test_cuda_libraries_are_found_beside_another_site(tmp_path: Path) -> None:
+    """onnxruntime-gpu installed with --target while the CUDA 13 wheels live in the system
+    site-packages (as on a machine whose torch brought them): preload_dlls must be pointed there."""
+    from maskserve.service.backends.ort import nvidia_library_dirs
+
+    target, system = tmp_path / "target", tmp_path / "system"
+    (target / "onnxruntime").mkdir(parents=True)
+    for folder in ("cu13/lib", "cudnn/lib"):
+        (system / "nvidia" / folder).mkdir(parents=True)
+    search = [str(target), str(tmp_path / "elsewhere"), str(system)]
+    assert nvidia_library_dirs(target / "onnxruntime", search, "13") == [
+        system / "nvidia/cu13/lib",
+        system / "nvidia/cudnn/lib",
+    ]
+    (target / "nvidia").mkdir()  # the layout pip install 'maskserve[gpu]' makes: ORT's own search
+    assert nvidia_library_dirs(target / "onnxruntime", search, "13") is None
+    assert nvidia_library_dirs(tmp_path / "x" / "onnxruntime", search, "12") is None
