@@ -22,6 +22,7 @@ from bench import machine
 from bench.formats import FormatsSection, splice
 from bench.formats import measure as measure_formats
 from bench.formats import render as render_formats
+from bench.gpu.results import keep_section
 from bench.model_level import TASKS, MaskserveRunner, Timing, TransformersRunner, canvas_for, measure
 from bench.report import ModelSection, Report, ServiceSection
 from bench.service_level import bare_throughput, load, server
@@ -238,7 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     changes = ROOT / "bench" / "changes.md"
     text = report.render(changes.read_text() if changes.is_file() and not args.quick else "")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
+    # The GPU section comes from another machine's run (python -m bench.gpu record): kept as it is.
+    args.out.write_text(keep_section(args.out.read_text() if args.out.is_file() else "", text))
     print(f"wrote {args.out} in {report.seconds:.0f} s", file=sys.stderr)
     return 0
 

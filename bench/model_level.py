@@ -16,6 +16,7 @@ from pycocotools import mask as coco_mask
 from transformers import MaskFormerForInstanceSegmentation, MaskFormerImageProcessor
 
 from maskserve.bundle import Bundle
+from maskserve.service.backends import Backend
 from maskserve.service.backends.ort import OnnxRuntimeBackend
 from maskserve.service.preprocess import fit
 from maskserve.service.segmenter import Segmenter
@@ -115,11 +116,18 @@ class MaskserveRunner:
     the model call (ONNX Runtime, staged on CPU), post-processing with RLE."""
 
     def __init__(
-        self, bundle_dir: str, side: int, params: dict[str, float], intra_op_threads: int = 0, name: str = "maskserve"
+        self,
+        bundle_dir: str,
+        side: int,
+        params: dict[str, float],
+        intra_op_threads: int = 0,
+        name: str = "maskserve",
+        backend: Backend | None = None,
     ) -> None:
+        """``backend``: another runtime for the bundle (default: ONNX Runtime on the CPU)."""
         self.name = name
         self.bundle = Bundle.load(bundle_dir)
-        self.backend = OnnxRuntimeBackend(
+        self.backend = backend or OnnxRuntimeBackend(
             self.bundle.model_path, self.bundle.manifest.max_batch, "cpu", intra_op_threads=intra_op_threads
         )
         self.side = side

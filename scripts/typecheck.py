@@ -18,7 +18,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 TREE = ROOT / ".cache" / "typecheck"
-TOOLS = ("demo",)  # repo tools type-checked beside the package
+# Repo tools type-checked beside the package: folders or single files (with their packages'
+# __init__.py). Not all of bench/: its older modules predate the check.
+TOOLS = ("demo", "bench/trained_like.py", "bench/checkpoints.py", "bench/gpu")
 
 
 def link_tree(source: Path, target: Path) -> None:
@@ -44,7 +46,14 @@ def main() -> int:
         else:
             link_tree(ROOT / folder, target)
     for tool in TOOLS:
-        link_tree(ROOT / tool, TREE / tool)
+        if (ROOT / tool).is_dir():
+            link_tree(ROOT / tool, TREE / tool)
+        # A single file, or a folder inside a package: the packages' __init__.py files above it.
+        for source in [ROOT / tool, *(ROOT / parent / "__init__.py" for parent in Path(tool).parents[:-1])]:
+            link = TREE / source.relative_to(ROOT)
+            if source.is_file() and not link.exists():
+                link.parent.mkdir(parents=True, exist_ok=True)
+                link.symlink_to(source)
     targets = [str(TREE / "maskserve"), *(str(TREE / tool) for tool in TOOLS)]
     command = [sys.executable, "-m", "mypy", "--config-file", str(ROOT / "pyproject.toml"), *targets]
     return subprocess.call(command, cwd=TREE, env={**os.environ, "MYPYPATH": str(TREE)})

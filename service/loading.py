@@ -52,9 +52,17 @@ def engine_cache_dir(engine_cache: Path | None, bundle: Bundle) -> Path:
 
 
 def load_backend(
-    options: BackendOptions, bundle: Bundle, canvases: Sequence[tuple[int, int]], max_batch: int
+    options: BackendOptions,
+    bundle: Bundle,
+    canvases: Sequence[tuple[int, int]],
+    max_batch: int,
+    precision: str | None = None,
 ) -> Backend:
-    """Create the backend the options ask for, building a TensorRT engine if none is cached."""
+    """Create the backend the options ask for, building a TensorRT engine if none is cached.
+
+    ``precision``: the one to serve the bundle in (``maskserve.service.precision.served_precision``:
+    a bf16 bundle may be served in fp32); default, the bundle's.
+    """
     kind = check_runtime(options, bundle)
     if kind == "onnxruntime":
         from maskserve.service.backends.ort import OnnxRuntimeBackend
@@ -73,7 +81,7 @@ def load_backend(
         return OpenVinoBackend(
             bundle.model_path,
             max_batch=bundle.manifest.max_batch,
-            precision=BUNDLE_PRECISION[bundle.manifest.precision],
+            precision=BUNDLE_PRECISION[precision or bundle.manifest.precision],
             threads=options.intra_op_threads,
             hint="throughput" if options.openvino_hint == "throughput" else "latency",
         )

@@ -112,6 +112,13 @@ class Settings(BaseSettings):
         description="Native TensorRT backend: record each (batch, canvas) launch as a CUDA graph and replay it, "
         "saving CPU launch overhead on small models. Costs GPU memory per shape.",
     )
+    precision_fallback: Literal["refuse", "fp32"] = Field(
+        "refuse",
+        description="What to do with a bf16 bundle where it cannot run in bf16 (a CPU without avx512_bf16 or "
+        "amx_bf16, or a runtime without bfloat16 kernels): `refuse` to start, with one line saying why, or "
+        "serve its graph in `fp32` (about twice the latency; /v1/model and maskserve_model_info say fp32). "
+        "Keep `refuse` where replicas were sized for bf16 throughput.",
+    )
     model_name: str | None = Field(
         None,
         pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$",
@@ -142,7 +149,8 @@ class Settings(BaseSettings):
         5.0,
         ge=0,
         le=10_000,
-        description="How long the oldest queued image may wait for others to join its batch. Higher "
+        description="How long the oldest queued image may wait for others to join its batch, at most as "
+        "long as the last model call at its canvas took (waiting longer than a call helps nobody). Higher "
         "trades latency for throughput under load; 0 runs whatever is queued at once.",
     )
     max_queue: int = Field(

@@ -35,16 +35,18 @@ ORT_MISSING = (
 @cache
 def onnxruntime_problem() -> str | None:
     """Why ONNX Runtime cannot be used here, or None. Both `onnxruntime` and `onnxruntime-gpu`
-    installed is a problem too: they share the module, and the CPU build overwrites the GPU one."""
-    if importlib.util.find_spec("onnxruntime") is None:
+    installed into the same directory is a problem: they share the module, and the CPU build
+    overwrites the GPU one. Installed into different directories (``pip install --target`` onto
+    ``PYTHONPATH``, a venv over a system site-packages), the first on the path is imported whole."""
+    spec = importlib.util.find_spec("onnxruntime")
+    if spec is None or spec.origin is None:
         return ORT_MISSING
-    installed = set()
-    for name in ("onnxruntime", "onnxruntime-gpu"):
-        try:
-            importlib.metadata.distribution(name)
-            installed.add(name)
-        except importlib.metadata.PackageNotFoundError:
-            pass
+    site = Path(spec.origin).resolve().parent.parent
+    installed = {
+        dist.metadata["Name"].lower()
+        for dist in importlib.metadata.distributions(path=[str(site)])
+        if dist.metadata["Name"] and dist.metadata["Name"].lower() in ("onnxruntime", "onnxruntime-gpu")
+    }
     if installed == {"onnxruntime", "onnxruntime-gpu"}:
         return (
             "both onnxruntime and onnxruntime-gpu are installed and overwrite each other: "

@@ -44,9 +44,9 @@ log = logging.getLogger("maskserve")
 Precision = Literal["f32", "bf16"]
 Hint = Literal["latency", "throughput"]
 
-# bundle.json "precision" -> the body's INFERENCE_PRECISION_HINT (/work/notes/precision-contract.md):
-# int8 bundles' accuracy gates were measured with everything but their integer MatMuls in float32,
-# and fp16 bundles are GPU bundles, whose float16 graph the CPU computes in float32 anyway.
+# The served precision (``maskserve.bundle.Precision``) -> the body's INFERENCE_PRECISION_HINT:
+# int8 bundles' accuracy gates were measured with everything but their integer operators in
+# float32, and fp16 bundles are GPU bundles, whose float16 graph the CPU computes in float32 anyway.
 BUNDLE_PRECISION: dict[str, Precision] = {"fp32": "f32", "fp16": "f32", "int8": "f32", "bf16": "bf16"}
 
 Shape = tuple[tuple[str, tuple[int, ...]], ...]

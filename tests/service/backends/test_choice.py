@@ -75,3 +75,30 @@ def test_openvino_choice(
 
 def test_onnxruntime_on_cpu() -> None:
     assert onnxruntime_on_cpu("cpu") and not onnxruntime_on_cpu("cuda") and not onnxruntime_on_cpu("tensorrt")
+
+
+def test_onnxruntime_builds_in_separate_directories_are_no_conflict(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CPU build in site-packages and onnxruntime-gpu in a --target directory ahead of it on
+    the path: the GPU one is imported whole. Both in one directory overwrite each other."""
+    import importlib
+    import sys
+
+    from maskserve.service.backends import onnxruntime_problem
+
+    target = tmp_path / "site"
+    (target / "onnxruntime").mkdir(parents=True)
+    (target / "onnxruntime" / "__init__.py").write_text("")
+    (target / "onnxruntime_gpu-1.31.1.dist-info").mkdir()
+    (target / "onnxruntime_gpu-1.31.1.dist-info" / "METADATA").write_text("Name: onnxruntime-gpu\nVersion: 1.31.1\n")
+    monkeypatch.syspath_prepend(str(target))
+    monkeypatch.delitem(sys.modules, "onnxruntime", raising=False)
+    importlib.invalidate_caches()
+    onnxruntime_problem.cache_clear()
+    assert onnxruntime_problem() is None
+    (target / "onnxruntime-1.30.0.dist-info").mkdir()
+    (target / "onnxruntime-1.30.0.dist-info" / "METADATA").write_text("Name: onnxruntime\nVersion: 1.30.0\n")
+    onnxruntime_problem.cache_clear()
+    assert "overwrite each other" in (onnxruntime_problem() or "")
+    onnxruntime_problem.cache_clear()

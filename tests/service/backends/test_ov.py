@@ -21,9 +21,12 @@ from maskserve.service.backends import BackendError
 from maskserve.service.backends.base import graph_feeds
 from maskserve.service.backends.ort import OnnxRuntimeBackend
 from maskserve.service.engines import segment_ious
+from maskserve.service.precision import cpu_flags, cpu_has_bf16
 from maskserve.service.result import Segment
 from maskserve.service.segmenter import Segmenter
-from tests.service.server import server_process
+from tests.service import images
+from tests.service.server import running_server, server_process
+from tests.service.test_precision import NO_BF16, bf16_bundle
 
 # CI installs openvino (scripts/bootstrap.sh test); only a machine without it skips these.
 ov = pytest.importorskip("openvino")
@@ -185,3 +188,30 @@ def test_server_on_openvino_answers_as_onnxruntime(demo_bundle_dir: Path) -> Non
             for ours, theirs in zip(got, expected, strict=True):
                 if theirs.score is not None:  # semantic segments have none
                     assert ours.score is not None and abs(ours.score - theirs.score) <= 1e-5, (name, task)
+
+
+def test_auto_serves_a_bf16_bundle_on_openvino(resnet_bundle: Path, tmp_path: Path) -> None:
+    """A bf16 bundle under ``auto``: OpenVINO at bf16 where the CPU has it, else (with the fp32
+    fallback) OpenVINO at f32; fp32 bundles stay on ONNX Runtime."""
+    bundle = bf16_bundle(resnet_bundle, tmp_path)
+    has_bf16 = cpu_has_bf16(cpu_flags())
+    overrides: dict[str, Any] = {"warmup": False} if has_bf16 else {"warmup": False, "precision_fallback": "fp32"}
+    with running_server(bundle, **overrides) as (url, _), httpx.Client(base_url=url, timeout=60) as client:
+        model = client.get("/v1/model").json()
+        answer = client.post("/v1/segment", params={"task": "semantic"}, files={"image": ("x.png", images.png(64, 64))})
+    served = "bf16" if has_bf16 else "fp32"
+    assert (model["backend"], model["precision"], model["bundle_precision"]) == ("openvino", served, "bf16")
+    assert model["provider"] == f"CPU ({'bf16' if has_bf16 else 'f32'})"
+    assert answer.status_code == 200 and answer.json()["segments"]
+    with running_server(resnet_bundle, warmup=False) as (url, _):
+        assert httpx.get(f"{url}/v1/model").json()["backend"] == "onnxruntime"
+
+
+def test_the_fp32_fallback_computes_in_f32(resnet_bundle: Path, tmp_path: Path) -> None:
+    """On a CPU said to lack bf16, a bf16 bundle with MASKSERVE_PRECISION_FALLBACK=fp32 runs its
+    body at f32: the precision handed to OpenVINO is the served one, not the bundle's."""
+    bundle = bf16_bundle(resnet_bundle, tmp_path)
+    settings = {"cpu_flags": NO_BF16, "precision_fallback": "fp32", "warmup": False}
+    with running_server(bundle, **settings) as (url, _):
+        model = httpx.get(f"{url}/v1/model").json()
+    assert (model["backend"], model["precision"], model["provider"]) == ("openvino", "fp32", "CPU (f32)")
