@@ -18,8 +18,9 @@ import httpx
 import numpy as np
 
 from maskserve.bundle import TASK_OUTPUTS, Bundle
+from maskserve.service.backends import BackendOptions
 from maskserve.service.backends.base import graph_feeds
-from maskserve.service.backends.ort import OnnxRuntimeBackend
+from maskserve.service.loading import load_backend
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,13 @@ class LoadResult:
     errors: int
     seconds: float
     latencies: tuple[float, ...]
+    # Per answered request, the server's own per-stage seconds (the JSON's ``timing``).
+    timings: tuple[dict[str, float], ...] = ()
+
+    def stage(self, name: str) -> float:
+        """Median seconds of one server stage (``inference``: the model call of the request's batch)."""
+        values = [timing[name] for timing in self.timings if name in timing]
+        return float(np.median(values)) if values else float("nan")
 
     @property
     def throughput(self) -> float:
@@ -45,10 +53,14 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def server(bundle: Path, max_batch: int, canvas: tuple[int, int]) -> Iterator[str]:
+def server(
+    bundle: Path, max_batch: int, canvas: tuple[int, int], backend: str = "onnxruntime", worker_nice: int = 0
+) -> Iterator[str]:
     port = _free_port()
     env = {
         **os.environ,
+        "MASKSERVE_BACKEND": backend,
+        "MASKSERVE_WORKER_NICE": str(worker_nice),
         "MASKSERVE_PORT": str(port),
         "MASKSERVE_MAX_BATCH_SIZE": str(max_batch),
         "MASKSERVE_CANVASES": f"{canvas[0]}x{canvas[1]}",
@@ -80,6 +92,7 @@ def server(bundle: Path, max_batch: int, canvas: tuple[int, int]) -> Iterator[st
 
 async def _load(url: str, image: bytes, task: str, concurrency: int, seconds: float) -> LoadResult:
     latencies: list[float] = []
+    timings: list[dict[str, float]] = []
     errors = 0
     stop = time.monotonic() + seconds
 
@@ -92,6 +105,7 @@ async def _load(url: str, image: bytes, task: str, concurrency: int, seconds: fl
             )
             if response.status_code == 200:
                 latencies.append(time.perf_counter() - started)
+                timings.append(response.json()["timing"])
             else:
                 errors += 1
 
@@ -100,7 +114,7 @@ async def _load(url: str, image: bytes, task: str, concurrency: int, seconds: fl
     async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as http:
         await asyncio.gather(*(client(http) for _ in range(concurrency)))
     elapsed = time.monotonic() - started
-    return LoadResult(concurrency, len(latencies), errors, elapsed, tuple(latencies))
+    return LoadResult(concurrency, len(latencies), errors, elapsed, tuple(latencies), tuple(timings))
 
 
 def load(url: str, image: bytes, task: str, concurrency: int, seconds: float) -> LoadResult:
@@ -111,7 +125,9 @@ def load(url: str, image: bytes, task: str, concurrency: int, seconds: float) ->
     return asyncio.run(_load(url, image, task, concurrency, seconds))
 
 
-def bare_throughput(bundle: Path, batch: int, canvas: tuple[int, int], task: str, seconds: float) -> float:
+def bare_throughput(
+    bundle: Path, batch: int, canvas: tuple[int, int], task: str, seconds: float, backend: str = "onnxruntime"
+) -> float:
     """Images per second of the backend alone, on already-preprocessed inputs.
 
     Measured in a fresh child process, like the server: in this process torch's and the other
@@ -127,14 +143,17 @@ def bare_throughput(bundle: Path, batch: int, canvas: tuple[int, int], task: str
         str(canvas[1]),
         task,
         str(seconds),
+        backend,
     ]
     result = subprocess.run(command, capture_output=True, text=True, check=True)
     return float(result.stdout.strip().splitlines()[-1])
 
 
-def _bare_child(bundle: Path, batch: int, canvas: tuple[int, int], task: str, seconds: float) -> float:
-    manifest = Bundle.load(bundle).manifest
-    backend = OnnxRuntimeBackend(Bundle.load(bundle).model_path, manifest.max_batch, "cpu")
+def _bare_child(bundle: Path, batch: int, canvas: tuple[int, int], task: str, seconds: float, kind: str) -> float:
+    loaded = Bundle.load(bundle)
+    manifest = loaded.manifest
+    # The server's own choice of options for this backend kind (threads, precision, heads).
+    backend = load_backend(BackendOptions(backend=kind, provider="cpu"), loaded, [canvas], manifest.max_batch)
     pixels = np.random.default_rng(0).standard_normal((batch, 3, *canvas)).astype(np.float32)
     feeds = graph_feeds(pixels, [canvas] * batch, manifest.thresholds.score, manifest.thresholds.mask)
     outputs = list(TASK_OUTPUTS[task])  # type: ignore[index]
@@ -147,5 +166,5 @@ def _bare_child(bundle: Path, batch: int, canvas: tuple[int, int], task: str, se
 
 
 if __name__ == "__main__":
-    path, size, height, width, name, duration = sys.argv[1:7]
-    print(_bare_child(Path(path), int(size), (int(height), int(width)), name, float(duration)))
+    path, size, height, width, name, duration, kind = sys.argv[1:8]
+    print(_bare_child(Path(path), int(size), (int(height), int(width)), name, float(duration), kind))

@@ -26,10 +26,12 @@ CPUINFO = Path("/proc/cpuinfo")
 # /proc/cpuinfo flag names (arch/x86/include/asm/cpufeatures.h): AVX512_BF16's VDPBF16PS, AMX's TDPBF16PS.
 BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 # The precisions each runtime computes a bundle's body in. fp16 bundles carry float16 weights
-# (for GPUs; ONNX Runtime's CPU provider runs them too, slowly); int8 bundles hold ONNX Runtime
-# quantization operators, which only ONNX Runtime runs (``choose_backend``).
+# (for GPUs; ONNX Runtime's CPU provider runs them too, slowly); int8 bundles hold quantization
+# operators that TensorRT does not take (``choose_backend``). OpenVINO computes bf16 at its
+# ``INFERENCE_PRECISION_HINT`` (``maskserve.service.backends.ov``).
 RUNTIME_PRECISIONS: dict[str, frozenset[str]] = {
     "onnxruntime": frozenset({"fp32", "fp16", "int8"}),
+    "openvino": frozenset({"fp32", "bf16", "int8"}),
     "tensorrt": frozenset({"fp32", "fp16"}),
 }
 Fallback = Literal["refuse", "fp32"]

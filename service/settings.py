@@ -70,10 +70,12 @@ class Settings(BaseSettings):
         description="Bundle directory to serve. Default: the embedded demo model (circles, squares, "
         "triangles, sky, ground). Point it at your own `maskserve export` output.",
     )
-    backend: Literal["auto", "onnxruntime", "tensorrt"] = Field(
+    backend: Literal["auto", "onnxruntime", "openvino", "tensorrt"] = Field(
         "auto",
-        description="Runtime. `auto` picks native TensorRT when its engine and a GPU are present, else "
-        "ONNX Runtime. Pin it to make a deployment fail loudly instead of falling back.",
+        description="Runtime. `auto` picks native TensorRT when its engine and a GPU are present, else OpenVINO "
+        "for a bf16 bundle on a CPU where it is installed (`maskserve[cpu,openvino]`: the only CPU runtime here "
+        "with bf16 kernels), else ONNX Runtime. Pin `openvino` to run fp32 bundles there too (5% faster on the "
+        "Swin-T body here, docs/cpu-runtimes.md). Pin it to make a deployment fail loudly instead of falling back.",
     )
     provider: Literal["auto", "tensorrt", "cuda", "cpu"] = Field(
         "auto",
@@ -84,8 +86,15 @@ class Settings(BaseSettings):
         0,
         ge=0,
         le=256,
-        description="ONNX Runtime threads inside one operator (0: one per physical core). Lower it when "
-        "several replicas share a host, so they do not oversubscribe the cores.",
+        description="Threads of one model call: ONNX Runtime's intra-op threads, OpenVINO's "
+        "INFERENCE_NUM_THREADS (0: one per physical core). Lower it when several replicas share a host, so "
+        "they do not oversubscribe the cores.",
+    )
+    openvino_hint: Literal["latency", "throughput"] = Field(
+        "latency",
+        description="OpenVINO's PERFORMANCE_HINT. `latency` runs each model call on all the threads; `throughput` "
+        "splits them into streams that run calls side by side, which only pays when several callers share one "
+        "Segmenter: the server makes one model call at a time, so keep `latency` there.",
     )
     engine_cache: Path | None = Field(
         None,
@@ -170,6 +179,14 @@ class Settings(BaseSettings):
         ge=1,
         le=64,
         description="Threads for decoding, preprocessing, post-processing and RLE, off the event loop.",
+    )
+    worker_nice: int = Field(
+        0,
+        ge=0,
+        le=19,
+        description="How much lower those threads' scheduling priority is than the model call's (Linux niceness, "
+        "per thread): under load the model's threads get the cores first and decoding and post-processing the "
+        "rest, instead of slowing every model call down. 0 treats them alike.",
     )
 
     # --- limits ------------------------------------------------------------------------------
@@ -320,6 +337,7 @@ class Settings(BaseSettings):
             backend=self.backend,
             provider=self.provider,
             intra_op_threads=self.intra_op_threads,
+            openvino_hint=self.openvino_hint,
             engine_cache=self.engine_cache,
             engine_precision=self.engine_precision,
             cuda_graphs=self.cuda_graphs,

@@ -122,7 +122,7 @@ class ServerState:
         self.max_batch = settings.max_batch_size
         self.panoptic_rule = PanopticRule(settings.panoptic_rule)
         self.metrics = Metrics()
-        self.pool = WorkerPool(settings.workers)
+        self.pool = WorkerPool(settings.workers, nice=settings.worker_nice)
         self.state = State.LOADING
         self.failure: str | None = None
         self.segmenter: Segmenter | None = None
@@ -185,7 +185,9 @@ class ServerState:
         )
 
     def _load(self) -> Segmenter:
-        backend = load_backend(self.settings.backend_options(), self.bundle, self.canvases, self.max_batch)
+        backend = load_backend(
+            self.settings.backend_options(), self.bundle, self.canvases, self.max_batch, self.precision
+        )
         if self._wrap_backend is not None:
             backend = self._wrap_backend(backend)
         return Segmenter(

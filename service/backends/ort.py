@@ -21,9 +21,9 @@ import io
 import itertools
 import logging
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -33,6 +33,9 @@ from maskserve.bundle import INPUTS, RAW_OUTPUTS, TASK_OUTPUTS, PanopticUpsampli
 from maskserve.errors import first_line
 from maskserve.service import bilinear, boundary_head, boundary_panoptic, logistic
 from maskserve.service.backends.base import BackendError
+
+if TYPE_CHECKING:
+    import onnx.utils
 
 log = logging.getLogger("maskserve")
 
@@ -138,6 +141,21 @@ def _preload_cuda_libraries() -> None:
         log.warning("onnxruntime.preload_dlls: %s", " ".join(printed.getvalue().split()))
 
 
+def session_options(intra_op_threads: int = 0) -> ort.SessionOptions:
+    """The options of every session: one model call at a time, ``intra_op_threads`` per operator
+    (0: one per physical core)."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.intra_op_num_threads = intra_op_threads
+    # Idle intra-op threads spin by default, waiting for the next operator: on a CPU shared
+    # with the event loop and the decoding workers, that spinning takes the cores they need
+    # (503s that should take milliseconds took hundreds under load). Threads sleep instead.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.inter_op_num_threads = 1
+    return options
+
+
 class OnnxRuntimeBackend:
     name = "onnxruntime"
 
@@ -155,25 +173,12 @@ class OnnxRuntimeBackend:
         chain = provider_chain(provider, ort.get_available_providers())
         if PROVIDERS["cuda"] in chain or PROVIDERS["tensorrt"] in chain:
             _preload_cuda_libraries()
-        self._options = ort.SessionOptions()
-        self._options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self._options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        self._options.intra_op_num_threads = intra_op_threads
-        # Idle intra-op threads spin by default, waiting for the next operator: on a CPU shared
-        # with the event loop and the decoding workers, that spinning takes the cores they need
-        # (503s that should take milliseconds took hundreds under load). Threads sleep instead.
-        self._options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self._options.inter_op_num_threads = 1
+        self._options = session_options(intra_op_threads)
         self._providers = [(name, _provider_options(name, engine_cache, fp16)) for name in chain]
         self.staged = chain[0] == PROVIDERS["cpu"] if staged is None else staged
-        # The host head replaces head sessions only on the CPU, where the logits are on the host.
-        # Per set of host tasks (sorted), the session giving their 1/4-resolution tensors in order.
-        self._host_low: dict[tuple[Task, ...], ort.InferenceSession] = {}
-        self.host_tasks: tuple[Task, ...] = ()
-        self._panoptic_orders: frozenset[int] | None = None
-        self._sigmoid: logistic.Sigmoid | None = None
         try:
             if self.staged:
+                # The host head replaces head sessions only on the CPU, where the logits are on the host.
                 self._body, self._heads = self._staged_sessions(model_path, host_head and chain[0] == PROVIDERS["cpu"])
                 self.session = self._body
             else:
@@ -195,7 +200,7 @@ class OnnxRuntimeBackend:
         if self.provider != PROVIDERS["cpu"]:
             # A device session must not turn into a CPU session at run time: ONNX Runtime's
             # default on an EP failure inside run() is to re-create the session on the CPU.
-            for session in (self.session, *getattr(self, "_heads", {}).values()):
+            for session in (self.session, *(self._heads.sessions() if self.staged else ())):
                 session.disable_fallback()
         self.max_batch = max_batch
         self._on_device = self.provider != PROVIDERS["cpu"]
@@ -205,68 +210,25 @@ class OnnxRuntimeBackend:
             ", ".join(self.session.get_providers()),
             " (staged: body, then per-task heads)" if self.staged else "",
         )
+        self.host_tasks: tuple[Task, ...] = self._heads.host_tasks if self.staged else ()
         self.host_head = bool(self.host_tasks)
-        if self.host_head:
-            log.info("%s head(s) run on the host (boundary head)", " and ".join(self.host_tasks))
 
     def _session(self, model: str | bytes) -> ort.InferenceSession:
         return ort.InferenceSession(model, sess_options=self._options, providers=self._providers)
 
-    def _staged_sessions(
-        self, model_path: Path, host_head: bool
-    ) -> tuple[ort.InferenceSession, dict[str, ort.InferenceSession]]:
+    def _staged_sessions(self, model_path: Path, host_head: bool) -> tuple[ort.InferenceSession, Heads]:
         import onnx
         import onnx.utils
 
         extractor = onnx.utils.Extractor(onnx.load(str(model_path)))
         # The body takes every graph input: the exporter may read the batch size off any of them.
         body = extractor.extract_model(list(INPUTS), list(RAW_OUTPUTS))
-        heads = {
-            task: extractor.extract_model([*INPUTS, *RAW_OUTPUTS], list(names)) for task, names in TASK_OUTPUTS.items()
-        }
-        found = boundary_head.graph_tensors(heads) if host_head else boundary_head.HostTensors({})
-        low = found.names
-        if host_head and len(low) < len(boundary_head.HOST_TASKS):
-            missing = [task for task in boundary_head.HOST_TASKS if task not in low]
-            log.warning("%s head stays in ONNX Runtime: not the graph boundary_head replicates", " and ".join(missing))
-        if low:
-            probe, feeds, expected = bilinear.resize_probe()
-            if not np.array_equal(self._session(probe.SerializeToString()).run(None, feeds)[0], expected):
-                log.warning("host head off: this onnxruntime build's Resize rounds differently from boundary_head")
-                low = {}
-        self.host_tasks = tuple(sorted(low))
-        orders = found.panoptic_orders
-        if "panoptic" in low and orders is not None and PanopticUpsampling.LOGITS in orders:
-            # The logits order takes ONNX Runtime's Sigmoid after the upsampling: computed for
-            # boundary pixels by this session, bounded elsewhere by facts about its kernel.
-            sigmoid = logistic.session()
-            if logistic.follows_onnxruntime(sigmoid):
-                self._sigmoid = logistic.Sigmoid(sigmoid)
-            else:
-                log.warning(
-                    "logits-first panoptic images stay in ONNX Runtime: this onnxruntime build's Sigmoid "
-                    "is not the kernel boundary_panoptic bounds"
-                )
-                orders = orders - {int(PanopticUpsampling.LOGITS)}
-        self._panoptic_orders = orders
-        for size in range(1, len(self.host_tasks) + 1):
-            for tasks in itertools.combinations(self.host_tasks, size):
-                names = [name for task in tasks for name in low[task]]
-                self._host_low[tasks] = self._session(
-                    extractor.extract_model(list(RAW_OUTPUTS), names).SerializeToString()
-                )
-        # A head the host follows for only some images keeps its session for the others.
-        only_some = set() if self._follows_every_order() else {"panoptic"}
-        heads = {task: head for task, head in heads.items() if task not in self.host_tasks or task in only_some}
+        heads = Heads(extractor, self._session, host_head)
         del extractor
         body_session = self._session(body.SerializeToString())
         del body
-        head_sessions: dict[str, ort.InferenceSession] = {
-            task: self._session(head.SerializeToString()) for task, head in heads.items()
-        }
-        self._inputs_of = {"body": [i.name for i in body_session.get_inputs()]}
-        self._inputs_of |= {task: [i.name for i in head.get_inputs()] for task, head in head_sessions.items()}
-        return body_session, head_sessions
+        self._body_inputs = [i.name for i in body_session.get_inputs()]
+        return body_session, heads
 
     def run(
         self, feeds: Mapping[str, npt.NDArray[np.generic]], outputs: Sequence[str]
@@ -290,14 +252,108 @@ class OnnxRuntimeBackend:
     def _run_staged(
         self, feeds: Mapping[str, npt.NDArray[np.generic]], outputs: Sequence[str]
     ) -> dict[str, npt.NDArray[np.generic]]:
-        body_feeds = {name: feeds[name] for name in self._inputs_of["body"]}
+        body_feeds = {name: feeds[name] for name in self._body_inputs}
         raw = dict(zip(RAW_OUTPUTS, self._body.run(list(RAW_OUTPUTS), body_feeds), strict=True))
+        return self._heads.run(feeds, raw, outputs)
+
+    def close(self) -> None:
+        self.session = None  # type: ignore[assignment]
+        if self.staged:
+            self._body = None  # type: ignore[assignment]
+            self._heads.close()
+
+
+class Heads:
+    """The per-task heads after the body (``class_logits``, ``mask_logits``), in ONNX Runtime.
+
+    Each task's head is its own session, so a batch pays only for the tasks it asked for. With
+    ``host_head``, the heads ``maskserve.service.boundary_head`` replicates run on the host instead
+    (for the images whose order it follows) from 1/4-resolution tensors that small sessions
+    compute (the graph's own Softmax, Sigmoid and Einsum); their outputs equal the head sessions'.
+    """
+
+    def __init__(
+        self, extractor: onnx.utils.Extractor, session: Callable[[str | bytes], ort.InferenceSession], host_head: bool
+    ) -> None:
+        heads = {
+            task: extractor.extract_model([*INPUTS, *RAW_OUTPUTS], list(names)) for task, names in TASK_OUTPUTS.items()
+        }
+        found = boundary_head.graph_tensors(heads) if host_head else boundary_head.HostTensors({})
+        low = found.names
+        if host_head and len(low) < len(boundary_head.HOST_TASKS):
+            missing = [task for task in boundary_head.HOST_TASKS if task not in low]
+            log.warning("%s head stays in ONNX Runtime: not the graph boundary_head replicates", " and ".join(missing))
+        if low:
+            probe, feeds, expected = bilinear.resize_probe()
+            if not np.array_equal(session(probe.SerializeToString()).run(None, feeds)[0], expected):
+                log.warning("host head off: this onnxruntime build's Resize rounds differently from boundary_head")
+                low = {}
+        self.host_tasks: tuple[Task, ...] = tuple(sorted(low))
+        self._sigmoid: logistic.Sigmoid | None = None
+        orders = found.panoptic_orders
+        if "panoptic" in low and orders is not None and PanopticUpsampling.LOGITS in orders:
+            # The logits order takes ONNX Runtime's Sigmoid after the upsampling: computed for
+            # boundary pixels by this session, bounded elsewhere by facts about its kernel.
+            sigmoid = logistic.session()
+            if logistic.follows_onnxruntime(sigmoid):
+                self._sigmoid = logistic.Sigmoid(sigmoid)
+            else:
+                log.warning(
+                    "logits-first panoptic images stay in ONNX Runtime: this onnxruntime build's Sigmoid "
+                    "is not the kernel boundary_panoptic bounds"
+                )
+                orders = orders - {int(PanopticUpsampling.LOGITS)}
+        self._panoptic_orders = orders
+        # Per set of host tasks (sorted), the session giving their 1/4-resolution tensors in order.
+        self._host_low: dict[tuple[Task, ...], ort.InferenceSession] = {}
+        for size in range(1, len(self.host_tasks) + 1):
+            for tasks in itertools.combinations(self.host_tasks, size):
+                names = [name for task in tasks for name in low[task]]
+                self._host_low[tasks] = session(extractor.extract_model(list(RAW_OUTPUTS), names).SerializeToString())
+        # A head the host follows for only some images keeps its session for the others.
+        only_some = set() if self._follows_every_order() else {"panoptic"}
+        heads = {task: head for task, head in heads.items() if task not in self.host_tasks or task in only_some}
+        self._sessions = {task: session(head.SerializeToString()) for task, head in heads.items()}
+        self._inputs_of = {task: [i.name for i in head.get_inputs()] for task, head in self._sessions.items()}
+        if self.host_tasks:
+            log.info("%s head(s) run on the host (boundary head)", " and ".join(self.host_tasks))
+
+    @classmethod
+    def on_cpu(cls, model_path: Path, intra_op_threads: int = 0, host_head: bool = True) -> Heads:
+        """The heads of the bundle's graph on ONNX Runtime's CPU provider, for a body that runs in
+        another runtime (``maskserve.service.backends.ov``); ``BackendError`` if they cannot load."""
+        import onnx
+        import onnx.utils
+
+        options = session_options(intra_op_threads)
+        providers = [PROVIDERS["cpu"]]
+
+        def session(model: str | bytes) -> ort.InferenceSession:
+            return ort.InferenceSession(model, sess_options=options, providers=providers)
+
+        try:
+            return cls(onnx.utils.Extractor(onnx.load(str(model_path))), session, host_head)
+        except Exception as exc:  # ORT and onnx raise their own types; keep one line
+            raise BackendError(f"onnxruntime cannot load the heads of {model_path}: {first_line(exc)}") from exc
+
+    def sessions(self) -> list[ort.InferenceSession]:
+        """The head sessions (not the host head's small ones)."""
+        return list(self._sessions.values())
+
+    def run(
+        self,
+        feeds: Mapping[str, npt.NDArray[np.generic]],
+        raw: Mapping[str, npt.NDArray[np.generic]],
+        outputs: Sequence[str],
+    ) -> dict[str, npt.NDArray[np.generic]]:
+        """The requested ``outputs`` of a batch, from its graph inputs and its body's raw logits
+        (which are outputs too, when asked for)."""
         results: dict[str, npt.NDArray[np.generic]] = {name: raw[name] for name in outputs if name in raw}
         available = {**feeds, **raw}
         host = [
             task
             for task in self.host_tasks
-            if any(name in outputs for name in TASK_OUTPUTS[task]) and self._host_follows(task, feeds)
+            if any(name in outputs for name in TASK_OUTPUTS[task]) and self.host_follows(task, feeds)
         ]
         if host:
             results.update({k: v for k, v in self._run_host(host, available).items() if k in outputs})
@@ -305,9 +361,8 @@ class OnnxRuntimeBackend:
             wanted = [name for name in names if name in outputs]
             if not wanted or task in host:
                 continue
-            head = self._heads[task]
             head_feeds = {name: available[name] for name in self._inputs_of[task]}
-            results.update(zip(wanted, head.run(wanted, head_feeds), strict=True))
+            results.update(zip(wanted, self._sessions[task].run(wanted, head_feeds), strict=True))
         return results
 
     def _follows_every_order(self) -> bool:
@@ -316,7 +371,7 @@ class OnnxRuntimeBackend:
         orders = self._panoptic_orders
         return orders is None or orders >= {int(order) for order in PanopticUpsampling}
 
-    def _host_follows(self, task: Task, feeds: Mapping[str, npt.NDArray[np.generic]]) -> bool:
+    def host_follows(self, task: Task, feeds: Mapping[str, npt.NDArray[np.generic]]) -> bool:
         """Whether the host head gives this batch's outputs of ``task`` exactly (see ``HostTensors``)."""
         if task != "panoptic" or self._follows_every_order():
             return True
@@ -348,9 +403,6 @@ class OnnxRuntimeBackend:
         return out
 
     def close(self) -> None:
-        self.session = None  # type: ignore[assignment]
-        if self.staged:
-            self._body = None  # type: ignore[assignment]
-            self._heads = {}
-            self._host_low = {}
-            self._sigmoid = None
+        self._sessions = {}
+        self._host_low = {}
+        self._sigmoid = None

@@ -96,7 +96,7 @@ def test_host_head_equals_head_sessions_and_fused(bundle_factory, backbone: str)
         feeds = _feeds(batch, canvas, seed=batch + canvas[0])
         if order is not None:
             feeds["panoptic_upsampling"][:] = order
-        assert host._host_follows("panoptic", feeds)
+        assert host._heads.host_follows("panoptic", feeds)
         feeds["image_sizes"] -= np.array([3, 1])  # letterboxed to sizes that are not multiples of 4
         feeds["score_threshold"][0] = 0.0
         a, b, c = host.run(feeds, outputs), sessions.run(feeds, outputs), fused.run(feeds, outputs)
@@ -135,9 +135,9 @@ def test_host_head_falls_back_to_head_sessions(
     outputs = [*TASK_OUTPUTS["semantic"], *TASK_OUTPUTS["panoptic"]]
     feeds = _feeds(2, (128, 128), seed=0)  # one image per order
     if reason == "sigmoid":
-        assert not backend._host_follows("panoptic", feeds)
+        assert not backend._heads.host_follows("panoptic", feeds)
         probabilities = {**feeds, "panoptic_upsampling": np.full(2, PanopticUpsampling.PROBABILITIES, np.int32)}
-        assert backend._host_follows("panoptic", probabilities)
+        assert backend._heads.host_follows("panoptic", probabilities)
     expected = OnnxRuntimeBackend(path, max_batch=8, provider="cpu", staged=False).run(feeds, outputs)
     _assert_as_fused(backend.run(feeds, outputs), expected, outputs)
 
