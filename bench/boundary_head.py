@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from maskserve.bundle import INPUTS, RAW_OUTPUTS, TASK_OUTPUTS, Bundle, PanopticUpsampling
 from maskserve.model.fused_head import panoptic_reduction, semantic_reduction
-from maskserve.service import boundary_head
+from maskserve.service import boundary_head, boundary_panoptic, logistic
 
 HEAD_TASKS = ("semantic", "panoptic")
 
@@ -150,6 +150,8 @@ class Heads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # As the backend: idle intra-op threads sleep (service/backends/ort.py).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         extractor = onnx.utils.Extractor(model)
         sources = [name for name in (*INPUTS, *RAW_OUTPUTS) if name in {i.name for i in model.graph.input}]
 
@@ -159,29 +161,36 @@ class Heads:
 
         self.heads = {task: session(sources, list(TASK_OUTPUTS[task])) for task in HEAD_TASKS}
         heads = {task: extractor.extract_model(sources, list(TASK_OUTPUTS[task])) for task in HEAD_TASKS}
-        found = boundary_head.graph_tensors(heads).names
-        assert set(found) == set(HEAD_TASKS), "the head graph is not the shape the host head replicates"
-        self.low = session(list(RAW_OUTPUTS), [*found["panoptic"], *found["semantic"]])
+        found = boundary_head.graph_tensors(heads)
+        assert set(found.names) == set(HEAD_TASKS), "the head graph is not the shape the host head replicates"
+        assert found.panoptic_orders == {int(order) for order in PanopticUpsampling}
+        # Per task, the 1/4-resolution session the backend runs before the host head.
+        self.low = {task: session(list(RAW_OUTPUTS), list(found.names[task])) for task in HEAD_TASKS}
+        sigmoid = logistic.session()
+        assert logistic.follows_onnxruntime(sigmoid)
+        self.sigmoid = logistic.Sigmoid(sigmoid)
 
-    def ort(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        out: dict[str, np.ndarray] = {}
-        for task, head in self.heads.items():
-            names = [i.name for i in head.get_inputs()]
-            out.update(
-                zip(TASK_OUTPUTS[task], head.run(list(TASK_OUTPUTS[task]), {n: feeds[n] for n in names}), strict=True)
-            )
-        return out
+    def ort(self, feeds: dict[str, np.ndarray], task: str) -> dict[str, np.ndarray]:
+        head, names = self.heads[task], list(TASK_OUTPUTS[task])
+        return dict(zip(names, head.run(names, {i.name: feeds[i.name] for i in head.get_inputs()}), strict=True))
 
-    def host(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        class_probs, mask_probs, segmentation = self.low.run(None, {n: feeds[n] for n in RAW_OUTPUTS})
+    def host(self, feeds: dict[str, np.ndarray], task: str) -> dict[str, np.ndarray]:
+        low = self.low[task].run(None, {name: feeds[name] for name in RAW_OUTPUTS})
         canvas = (feeds["pixel_values"].shape[2], feeds["pixel_values"].shape[3])
         sizes = feeds["image_sizes"]
-        return {
-            **boundary_head.semantic_outputs(segmentation, sizes, canvas),
-            **boundary_head.panoptic_outputs(
-                class_probs, mask_probs, sizes, feeds["score_threshold"], feeds["mask_threshold"], canvas
-            ),
-        }
+        if task == "semantic":
+            return boundary_head.semantic_outputs(low[0], sizes, canvas)
+        return boundary_panoptic.panoptic_outputs(
+            low[0],
+            low[1],
+            sizes,
+            feeds["score_threshold"],
+            feeds["mask_threshold"],
+            canvas,
+            mask_logits=feeds["mask_logits"],
+            upsampling=feeds["panoptic_upsampling"],
+            sigmoid=self.sigmoid,
+        )
 
 
 def _interleaved_ms(runs: dict[str, Callable[[], object]], repeats: int) -> dict[str, tuple[float, float]]:
@@ -198,12 +207,34 @@ def _interleaved_ms(runs: dict[str, Callable[[], object]], repeats: int) -> dict
     return {name: (min(values), statistics.median(values)) for name, values in times.items()}
 
 
+Row = tuple[str, str, float, float, float, float, bool]
+
+
+def _rows(heads: Heads, feeds: dict[str, np.ndarray], repeats: int) -> list[Row]:
+    """Per head of one input: (task, order, ORT best, median, host best, median, equal), per image."""
+    batch = len(feeds["class_logits"])
+    cases = [("semantic", "-", feeds)]
+    for order in PanopticUpsampling:
+        ordered = {**feeds, "panoptic_upsampling": np.full(batch, order, np.int32)}
+        cases.append(("panoptic", order.name.lower(), ordered))
+    rows = []
+    for task, order, case in cases:
+        expected, got = heads.ort(case, task), heads.host(case, task)
+        equal = all(np.array_equal(expected[k], got[k]) for k in expected)
+        runs = {"ort": lambda: heads.ort(case, task), "host": lambda: heads.host(case, task)}  # noqa: B023
+        ms = _interleaved_ms(runs, repeats)
+        (ort_best, ort_median), (host_best, host_median) = ms["ort"], ms["host"]
+        rows.append((task, order, ort_best / batch, ort_median / batch, host_best / batch, host_median / batch, equal))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bundle", type=Path, help="take the head from this bundle instead of exporting it alone")
     parser.add_argument("--queries", type=int, default=100)
     parser.add_argument("--labels", type=int, default=150)
     parser.add_argument("--side", type=int, default=512, help="square canvas side (multiple of 32)")
+    parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: all cores)")
     parser.add_argument("--repeats", type=int, default=10)
     args = parser.parse_args()
@@ -217,36 +248,37 @@ def main() -> None:
             model = onnx.load(str(export_head(Path(tmp) / "head.onnx", num_queries, num_labels)))
     heads = Heads(model, args.threads)
     rng = np.random.default_rng(0)
-    low_hw = (args.side // 4, args.side // 4)
+    batch, low_hw = args.batch, (args.side // 4, args.side // 4)
     inputs = {
-        "trained-like": trained_like(rng, 1, num_queries, num_labels, low_hw, segments=12),
+        "trained-like": trained_like(rng, batch, num_queries, num_labels, low_hw, segments=12),
         "noise": (
-            rng.normal(0, 3, (1, num_queries, num_labels + 1)).astype(np.float32),
-            rng.normal(0, 4, (1, num_queries, *low_hw)).astype(np.float32),
+            rng.normal(0, 3, (batch, num_queries, num_labels + 1)).astype(np.float32),
+            rng.normal(0, 4, (batch, num_queries, *low_hw)).astype(np.float32),
         ),
     }
-    print(f"Q={num_queries} K={num_labels} canvas {args.side}x{args.side}, ORT {ort.__version__}, batch 1")
+    print(
+        f"Q={num_queries} K={num_labels} canvas {args.side}x{args.side} (valid {args.side}x{args.side - 37}), "
+        f"batch {batch}, ONNX Runtime {ort.__version__}; milliseconds per image, best (median) of "
+        f"{args.repeats} interleaved runs"
+    )
+    header = f"{'input':>12} {'head':>8} {'order':>13} | {'ORT head':>15} | {'host head':>15}"
+    print(f"{header} | ORT/host best (median) | equal")
     for name, (class_logits, mask_logits) in inputs.items():
         feeds = {
-            "pixel_values": np.zeros((1, 3, args.side, args.side), np.float32),
-            "image_sizes": np.array([[args.side, args.side - 37]], np.int64),
-            "score_threshold": np.array([0.5], np.float32),
-            "mask_threshold": np.array([0.5], np.float32),
-            # The order the host head follows (the transformers rule): see boundary_head.HostTensors.
-            "panoptic_upsampling": np.array([PanopticUpsampling.PROBABILITIES], np.int32),
+            "pixel_values": np.zeros((batch, 3, args.side, args.side), np.float32),
+            "image_sizes": np.tile(np.array([[args.side, args.side - 37]], np.int64), (batch, 1)),
+            "score_threshold": np.full(batch, 0.5, np.float32),
+            "mask_threshold": np.full(batch, 0.5, np.float32),
+            "panoptic_upsampling": np.full(batch, PanopticUpsampling.LOGITS, np.int32),
             "class_logits": class_logits,
             "mask_logits": mask_logits,
         }
-        expected, got = heads.ort(feeds), heads.host(feeds)
-        equal = all(np.array_equal(expected[k], got[k]) for k in expected)
-        runs = {"ort": lambda: heads.ort(feeds), "host": lambda: heads.host(feeds)}  # noqa: B023
-        ms = _interleaved_ms(runs, args.repeats)
-        (ort_best, ort_median), (host_best, host_median) = ms["ort"], ms["host"]
-        print(
-            f"{name:>12}: ORT heads {ort_best:6.1f} ms (median {ort_median:6.1f}), host boundary head "
-            f"{host_best:6.1f} ms (median {host_median:6.1f}), ratio {ort_best / host_best:4.2f}x best, "
-            f"{ort_median / host_median:4.2f}x median; outputs equal: {equal}"
-        )
+        for task, order, ort_best, ort_median, host_best, host_median, equal in _rows(heads, feeds, args.repeats):
+            ratios = f"{ort_best / host_best:5.2f}x ({ort_median / host_median:5.2f}x)"
+            print(
+                f"{name:>12} {task:>8} {order:>13} | {ort_best:6.1f} ({ort_median:6.1f}) | "
+                f"{host_best:6.1f} ({host_median:6.1f}) | {ratios:>22} | {equal}"
+            )
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import torch
@@ -41,6 +42,25 @@ def save_swin_tiny_ade(directory: Path, seed: int = 0) -> Path:
     model.save_pretrained(directory)
     MaskFormerImageProcessor(size={"shortest_edge": 512, "longest_edge": 512}).save_pretrained(directory)
     return directory
+
+
+def swin_tiny_ade_bundles(cache: Path) -> tuple[Path, Path]:
+    """The fp32 and the dynamic ``--int8`` bundles of ``save_swin_tiny_ade`` under ``cache``,
+    exported (about two minutes each) unless a loadable one is there."""
+    from maskserve.bundle import Bundle, BundleError
+    from maskserve.export.pipeline import ExportOptions, run_export
+
+    checkpoint = save_swin_tiny_ade(cache / "swin-tiny-ade")
+    bundles = []
+    for name, int8 in (("swin-tiny-ade-bundle", False), ("swin-tiny-ade-int8", True)):
+        out = cache / name
+        try:
+            Bundle.load(out)
+        except BundleError:  # missing, or of an older schema
+            options = ExportOptions(model=str(checkpoint), out=out, int8=int8, force=True)
+            run_export(options, log=lambda m: print(m, file=sys.stderr))
+        bundles.append(out)
+    return bundles[0], bundles[1]
 
 
 def tiny_swin_config(labels: int = 150, queries: int = 100) -> MaskFormerConfig:

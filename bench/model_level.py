@@ -35,8 +35,8 @@ RULE = PanopticRule.TRANSFORMERS
 
 def served_task(rule: PanopticRule) -> str:
     """The name of the extra panoptic measurement at the server's default ``rule`` (maskserve
-    runners only; its ratio is against transformers' panoptic): ``panoptic/maskformer``. On the
-    CPU the host head follows the transformers rule only, so the served default may cost more."""
+    runners only; its ratio is against transformers' panoptic): ``panoptic/maskformer``. Its
+    answers differ from transformers' on boundary pixels and in which segments survive."""
     return f"panoptic/{rule.value}"
 
 
@@ -213,18 +213,22 @@ class MaskserveRunner:
         side: int,
         params: dict[str, float],
         canvases: Sequence[tuple[int, int]],
+        backend: Backend | None = None,
+        name: str | None = None,
     ) -> None:
+        """``backend``: one made by the caller (``python -m bench.precisions``), instead of
+        ``MASKSERVE_BACKEND=<variant.runtime>``'s through ``load_backend``."""
         self.variant = variant
-        self.name = variant.name
+        self.name = name or variant.name
         self.compute = variant.compute
         self.bundle = Bundle.load(bundle_dir)
-        self.backend: Backend = load_backend(
+        self.backend: Backend = backend or load_backend(
             BackendOptions(backend=variant.runtime, provider="cpu"),
             self.bundle,
             canvases,
             self.bundle.manifest.max_batch,
         )
-        if self.backend.name != variant.runtime:
+        if backend is None and self.backend.name != variant.runtime:
             raise VariantUnavailable(f"MASKSERVE_BACKEND={variant.runtime} gave a {self.backend.name} backend")
         self.provider = self.backend.provider
         self._timer = _stage_timer(self.backend)
@@ -259,6 +263,13 @@ class MaskserveRunner:
             lambda: [segmenter.postprocess(out, item, params) for out, item in zip(outputs, prepared, strict=True)],
         )
         return stages, sum(len(result.segments) for result in results) / len(images), head
+
+    def release_shapes(self) -> None:
+        """Drop what the backend compiled per input shape (OpenVINO's static-shape bodies: one
+        per (batch, canvas)), so that seven runners across three canvases fit in memory."""
+        compiled = getattr(self.backend, "_compiled", None)
+        if isinstance(compiled, dict):
+            compiled.clear()
 
     def close(self) -> None:
         self.backend.close()

@@ -35,6 +35,14 @@ class LoadResult:
     errors: int
     seconds: float
     latencies: tuple[float, ...]
+    # Per answered request, the server's own per-stage seconds (the JSON's ``timing``).
+    timings: tuple[dict[str, float], ...] = ()
+    segments: tuple[int, ...] = ()  # per answered request, the segments in the answer
+
+    def stage(self, name: str) -> float:
+        """Median seconds of one server stage (``inference``: the model call of the request's batch)."""
+        values = [timing[name] for timing in self.timings if name in timing]
+        return float(np.median(values)) if values else float("nan")
 
     @property
     def throughput(self) -> float:
@@ -56,14 +64,15 @@ def default_rule() -> PanopticRule:
 
 
 @contextlib.contextmanager
-def server(bundle: Path, max_batch: int, canvas: tuple[int, int], backend: str = "auto") -> Iterator[str]:
-    """``maskserve serve`` in a child process on a free loopback port (its default panoptic
-    rule); yields its URL once ready."""
+def server(
+    bundle: Path, max_batch: int, canvas: tuple[int, int], backend: str = "onnxruntime", worker_nice: int = 0
+) -> Iterator[str]:
     port = _free_port()
     env = {
         **os.environ,
-        "MASKSERVE_PORT": str(port),
         "MASKSERVE_BACKEND": backend,
+        "MASKSERVE_WORKER_NICE": str(worker_nice),
+        "MASKSERVE_PORT": str(port),
         "MASKSERVE_MAX_BATCH_SIZE": str(max_batch),
         "MASKSERVE_CANVASES": f"{canvas[0]}x{canvas[1]}",
         "MASKSERVE_MAX_QUEUE": "256",
@@ -94,6 +103,8 @@ def server(bundle: Path, max_batch: int, canvas: tuple[int, int], backend: str =
 
 async def _load(url: str, image: bytes, task: str, concurrency: int, seconds: float) -> LoadResult:
     latencies: list[float] = []
+    timings: list[dict[str, float]] = []
+    segments: list[int] = []
     errors = 0
     stop = time.monotonic() + seconds
 
@@ -106,6 +117,9 @@ async def _load(url: str, image: bytes, task: str, concurrency: int, seconds: fl
             )
             if response.status_code == 200:
                 latencies.append(time.perf_counter() - started)
+                answer = response.json()
+                timings.append(answer["timing"])
+                segments.append(len(answer["segments"]))
             else:
                 errors += 1
 
@@ -114,25 +128,21 @@ async def _load(url: str, image: bytes, task: str, concurrency: int, seconds: fl
     async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as http:
         await asyncio.gather(*(client(http) for _ in range(concurrency)))
     elapsed = time.monotonic() - started
-    return LoadResult(concurrency, len(latencies), errors, elapsed, tuple(latencies))
+    return LoadResult(concurrency, len(latencies), errors, elapsed, tuple(latencies), tuple(timings), tuple(segments))
 
 
-def load(url: str, image: bytes, task: str, concurrency: int, seconds: float) -> tuple[LoadResult, int]:
-    """The load level's result, and the segments in each answer (the same image every time: the
-    warm-up's answer is counted, so the client spends no CPU parsing answers during the load)."""
+def load(url: str, image: bytes, task: str, concurrency: int, seconds: float) -> LoadResult:
     # One warm-up request so the first measured one does not pay for connection set-up.
-    response = httpx.post(
+    httpx.post(
         f"{url}/v1/segment", params={"task": task}, content=image, headers={"Content-Type": "image/png"}, timeout=600
     )
-    response.raise_for_status()
-    return asyncio.run(_load(url, image, task, concurrency, seconds)), len(response.json()["segments"])
+    return asyncio.run(_load(url, image, task, concurrency, seconds))
 
 
 def bare_throughput(
-    bundle: Path, batch: int, canvas: tuple[int, int], task: str, seconds: float, backend: str = "auto"
-) -> tuple[float, str]:
-    """Images per second of the backend alone, on already-preprocessed inputs, and the backend
-    (``name provider``) that ``backend`` gave, as the server creates it.
+    bundle: Path, batch: int, canvas: tuple[int, int], task: str, seconds: float, backend: str = "onnxruntime"
+) -> float:
+    """Images per second of the backend alone, on already-preprocessed inputs.
 
     Measured in a fresh child process, like the server: in this process torch's and the other
     runners' idle thread pools would share the two cores and handicap the bare backend.
@@ -150,32 +160,29 @@ def bare_throughput(
         backend,
     ]
     result = subprocess.run(command, capture_output=True, text=True, check=True)
-    rate, kind = result.stdout.strip().splitlines()[-1].split(" ", 1)
-    return float(rate), kind
+    return float(result.stdout.strip().splitlines()[-1])
 
 
-def _bare_child(
-    bundle_dir: Path, batch: int, canvas: tuple[int, int], task: str, seconds: float, backend: str
-) -> tuple[float, str]:
-    bundle = Bundle.load(bundle_dir)
-    manifest = bundle.manifest
-    runtime = load_backend(BackendOptions(backend=backend), bundle, [canvas], manifest.max_batch)
-    # A generated scene, as the server gets: the heads' work depends on what the model keeps.
+def _bare_child(bundle: Path, batch: int, canvas: tuple[int, int], task: str, seconds: float, kind: str) -> float:
+    loaded = Bundle.load(bundle)
+    manifest = loaded.manifest
+    # The server's own choice of options for this backend kind (threads, precision, heads).
+    backend = load_backend(BackendOptions(backend=kind, provider="cpu"), loaded, [canvas], manifest.max_batch)
+    # A generated scene, as the service level posts: the heads' work depends on what is kept.
     image = np.asarray(scenes(canvas, 1)[0])
     prepared = prepare(image, DEFAULT_MAX_IMAGE_PIXELS, [canvas], Normalizer(manifest.normalization))
     pixels = np.repeat(prepared.pixels[None], batch, axis=0)
     thresholds = manifest.thresholds
     feeds = graph_feeds(pixels, [canvas] * batch, thresholds.score, thresholds.mask, default_rule().upsampling)
     outputs = list(TASK_OUTPUTS[task])  # type: ignore[index]
-    runtime.run(feeds, outputs)
+    backend.run(feeds, outputs)
     images, started = 0, time.perf_counter()
     while time.perf_counter() - started < seconds or images == 0:
-        runtime.run(feeds, outputs)
+        backend.run(feeds, outputs)
         images += batch
-    return images / (time.perf_counter() - started), f"{runtime.name} {runtime.provider}"
+    return images / (time.perf_counter() - started)
 
 
 if __name__ == "__main__":
     path, size, height, width, name, duration, kind = sys.argv[1:8]
-    rate, made = _bare_child(Path(path), int(size), (int(height), int(width)), name, float(duration), kind)
-    print(rate, made)
+    print(_bare_child(Path(path), int(size), (int(height), int(width)), name, float(duration), kind))

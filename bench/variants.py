@@ -132,7 +132,8 @@ def ensure_bundle(checkpoint: Path, out: Path, precision: str, extra: dict[str, 
     from maskserve.export.pipeline import run_export
 
     marker = out / "bench-export.json"
-    wanted = json.loads(json.dumps({"checkpoint": str(checkpoint.resolve()), "precision": precision, **extra}))
+    arguments = {"checkpoint": str(checkpoint.resolve()), "precision": precision, **extra}
+    wanted = json.loads(json.dumps(arguments, default=str))  # canvases as their repr
     try:
         Bundle.load(out)
         if json.loads(marker.read_text()) == wanted:

@@ -19,6 +19,11 @@ IGNORE = 255
 def bundle_predictor(bundle_dir: Path, rule: PanopticRule = PanopticRule.TRANSFORMERS) -> tuple[Predictor, int]:
     """A ``Predictor`` for the bundle, and its canvas side."""
     segmenter = Segmenter.load(bundle_dir, provider="cpu", panoptic_rule=rule)
+    return segmenter_predictor(segmenter), segmenter.manifest.canvas.height
+
+
+def segmenter_predictor(segmenter: Segmenter) -> Predictor:
+    """A ``Predictor`` for any ``Segmenter`` (any backend, the segmenter's panoptic rule)."""
 
     def predict(image: npt.NDArray[np.uint8]) -> Prediction:
         semantic = segmenter.segment(image, "semantic").label_map()
@@ -27,4 +32,4 @@ def bundle_predictor(bundle_dir: Path, rule: PanopticRule = PanopticRule.TRANSFO
         segments = [(segment.id, segment.label_id) for segment in panoptic.segments]
         return Prediction(semantic, panoptic.segment_map(), segments)
 
-    return predict, segmenter.manifest.canvas.height
+    return predict

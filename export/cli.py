@@ -31,11 +31,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--max-batch", type=int, default=8, help="largest batch the graph and engines accept")
     parser.add_argument("--opset", type=int, default=18, help="ONNX opset (18 or newer)")
-    parser.add_argument("--fp16", action="store_true", help="float16 weights and compute, float32 I/O (GPUs)")
     parser.add_argument(
-        "--int8",
-        action="store_true",
-        help="INT8 dynamic quantization of the weight MatMuls (CPUs with VNNI; check accuracy on your data)",
+        "--precision",
+        choices=("fp32", "fp16", "bf16", "int8", "int8-static"),
+        help="the body's precision (default fp32): fp16 for GPUs; bf16 for CPUs with AVX512-BF16 or AMX "
+        "(the float32 graph, run at the runtime's bf16 inference precision: OpenVINO; needs openvino to export); "
+        "int8 dynamic (weight MatMuls, activations quantized on the fly); int8-static (calibrated QDQ Conv and "
+        "MatMul, the fastest on CPUs with VNNI). Every reduced precision is measured against fp32",
+    )
+    parser.add_argument("--fp16", action="store_true", help="the same as --precision fp16")
+    parser.add_argument("--int8", action="store_true", help="the same as --precision int8 (dynamic)")
+    parser.add_argument(
+        "--calibration-images",
+        type=Path,
+        metavar="DIR",
+        help="int8-static: calibrate on the images in DIR, letterboxed as the server does (a few dozen of your "
+        "own; default: 32 generated demo scenes); any reduced precision: measure its accuracy on them",
+    )
+    parser.add_argument(
+        "--benchmark-scenes",
+        type=int,
+        default=200,
+        metavar="N",
+        help="the demo model only: score mIoU and PQ of fp32 and the reduced precision on N held-out demo scenes "
+        "(0 skips it)",
+    )
+    parser.add_argument(
+        "--max-accuracy-drop",
+        type=float,
+        default=0.5,
+        metavar="POINTS",
+        help="fail the export when the reduced precision loses more mIoU or PQ points than this on the "
+        "--benchmark-scenes",
     )
     parser.add_argument(
         "--thing-ids",
@@ -52,6 +79,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         metavar="DIR",
         help="also verify on the images in DIR, letterboxed as the server does (recommended for a trained model)",
+    )
+    parser.add_argument(
+        "--verify-provider",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="run the noise check in ONNX Runtime's CUDA provider against PyTorch on the GPU (needs "
+        "onnxruntime-gpu); on the CPU an --fp16 graph is mostly computed in float32",
     )
     parser.add_argument("--force", action="store_true", help="replace an existing output directory")
 

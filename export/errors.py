@@ -19,3 +19,8 @@ class VerificationFailed(CommandError):
     def __init__(self, report: str, message: str = VERIFICATION_FAILED) -> None:
         super().__init__(message, details=report)
         self.report = report
+
+
+class AccuracyGateFailed(CommandError):
+    """A reduced-precision graph lost more than the allowed mIoU or PQ points against float32 on
+    labelled data; no bundle is written. Exit code 1, after the accuracy report (``details``)."""

@@ -12,7 +12,9 @@ failure collected, the max error reported):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import sys
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -49,21 +51,66 @@ def verify(
     canvases: Sequence[Canvas],
     precision: str,
     batch: int = 2,
-    providers: list[str] | None = None,
+    provider: str = "cpu",
 ) -> Report:
-    """Every check at every canvas. A canvas where ONNX Runtime cannot run the graph is one
-    failed check (naming the node) and the other canvases still run."""
-    options = ort.SessionOptions()
-    options.log_severity_level = 4  # a node that fails is reported in the table, not logged twice
-    session = ort.InferenceSession(str(onnx_path), options, providers=providers or ["CPUExecutionProvider"])
+    """Every check at every canvas, in ONNX Runtime on ``provider`` (``cpu``, or ``cuda``: its
+    CUDA execution provider against PyTorch on the GPU). A canvas where ONNX Runtime cannot run
+    the graph is one failed check (naming the node) and the other canvases still run."""
+    session = _session(onnx_path, provider)
+    device = torch.device("cuda" if provider == "cuda" else "cpu")
     checks: list[Check] = []
-    for canvas in canvases:
-        checks.extend(_verify_canvas(session, hf_model, canvas, precision, batch))
+    # In place (transformers types its own .to() for dtypes only); back on the CPU after, for
+    # the image check and the caller.
+    torch.nn.Module.to(hf_model, device)
+    try:
+        with _no_tf32():
+            for canvas in canvases:
+                checks.extend(_verify_canvas(session, hf_model, canvas, precision, batch, device))
+    finally:
+        torch.nn.Module.to(hf_model, "cpu")
     return Report(checks=checks, providers=session.get_providers())
 
 
+def _session(onnx_path: Path, provider: str) -> ort.InferenceSession:
+    """The graph in ONNX Runtime on ``provider``, never silently on another.
+
+    On the CPU an fp16 graph is computed mostly in float32 (ONNX Runtime inserts casts around
+    the operators it has no float16 kernel for), so only ``cuda`` checks the float16 arithmetic
+    itself. TF32 is off there, as in the PyTorch reference: this checks the graph, not TF32.
+    """
+    options = ort.SessionOptions()
+    options.log_severity_level = 4  # a node that fails is reported in the table, not logged twice
+    if provider == "cpu":
+        return ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is not None and "torch" not in sys.modules:
+        preload()  # torch, imported first, has loaded the CUDA libraries already
+    session = ort.InferenceSession(
+        str(onnx_path), options, providers=[("CUDAExecutionProvider", {"use_tf32": 0}), "CPUExecutionProvider"]
+    )
+    if session.get_providers()[0] != "CUDAExecutionProvider":
+        raise RuntimeError(f"the CUDA execution provider could not be created (got {session.get_providers()})")
+    return session
+
+
+@contextlib.contextmanager
+def _no_tf32() -> Iterator[None]:
+    """Full float32 matmuls and convolutions on the GPU (PyTorch allows TF32 in cuDNN by default)."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
 def _verify_canvas(
-    session: ort.InferenceSession, hf_model: MaskFormerForInstanceSegmentation, size: Canvas, precision: str, batch: int
+    session: ort.InferenceSession,
+    hf_model: MaskFormerForInstanceSegmentation,
+    size: Canvas,
+    precision: str,
+    batch: int,
+    device: torch.device,
 ) -> list[Check]:
     logit_limit, agreement_limit, score_limit = LIMITS[precision]
     inputs = sample_inputs(batch, size, seed=size.height * 10_000 + size.width)
@@ -74,7 +121,7 @@ def _verify_canvas(
     except Exception as exc:  # ORT raises its own types; the node and the reason are what matter
         return [Check(case, GRAPH, "runs", 0.0, 1.0, True, detail=onnxruntime_failure(exc))]
     checks: list[Check] = []
-    torch_class, torch_mask = raw_logits(hf_model, inputs.pixel_values)
+    torch_class, torch_mask = (t.cpu() for t in raw_logits(hf_model, inputs.pixel_values.to(device)))
     for name, expected in (("class_logits", torch_class), ("mask_logits", torch_mask)):
         if got[name].shape != tuple(expected.shape):
             detail = f"shape {got[name].shape}, PyTorch {tuple(expected.shape)}"

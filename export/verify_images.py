@@ -36,15 +36,17 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".g
 # differ only where a decision is within rounding of a tie: the noise check's pixel agreement.
 # fp16 and int8 change the logits on purpose: reported, not gated, as in the noise check.
 IMAGE_LIMIT: dict[str, float | None] = {"fp32": LIMITS["fp32"][1], "fp16": None, "int8": None}
+# (a bf16 bundle's graph is the float32 one: it is verified as fp32, its bf16 runtime by maskserve.export.accuracy)
 
 
-def find_images(directory: Path) -> list[Path]:
-    """The image files directly in ``directory``, sorted; ``ExportError`` when there are none."""
+def find_images(directory: Path, flag: str = "--verify-images") -> list[Path]:
+    """The image files directly in ``directory``, sorted; ``ExportError`` (naming the option
+    ``flag``) when there are none."""
     if not directory.is_dir():
-        raise ExportError(f"--verify-images {directory}: not a directory")
+        raise ExportError(f"{flag} {directory}: not a directory")
     images = sorted(p for p in directory.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not images:
-        raise ExportError(f"--verify-images {directory}: no {', '.join(IMAGE_SUFFIXES)} files in it")
+        raise ExportError(f"{flag} {directory}: no {', '.join(IMAGE_SUFFIXES)} files in it")
     return images
 
 

@@ -30,6 +30,12 @@ MAX_SIDE = 4096
 
 Task = Literal["panoptic", "instance", "semantic"]
 TASKS: tuple[Task, ...] = get_args(Task)
+# The body's compute precision (backbone to raw logits; the reductions after it are always float32).
+# ``bf16`` bundles hold the float32 graph: ONNX Runtime has no bfloat16 kernels on x86, so bf16
+# means "the runtime's bfloat16 inference precision" (OpenVINO's INFERENCE_PRECISION_HINT), on CPUs
+# with AVX512-BF16 or AMX. ``int8``: see ``Manifest.quantization``.
+Precision = Literal["fp32", "fp16", "bf16", "int8"]
+PRECISIONS: tuple[Precision, ...] = get_args(Precision)
 
 # Graph inputs, in order. B is dynamic; H and W are dynamic multiples of 32.
 INPUTS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -162,6 +168,70 @@ class Versions(_Strict):
     opset: int
 
 
+class Calibration(_Strict):
+    """The images a static int8 graph's activation ranges were measured on."""
+
+    source: str  # a directory's name, or "demo scenes"
+    images: int = Field(gt=0)
+    method: Literal["minmax"] = "minmax"
+
+
+class Quantization(_Strict):
+    """How an int8 bundle was quantized. ``dynamic``: weight MatMuls with activations quantized
+    on the fly per tensor (ONNX Runtime ``MatMulInteger`` ops). ``static``: QuantizeLinear /
+    DequantizeLinear pairs around Conv and MatMul, activation scales fixed by calibration."""
+
+    mode: Literal["dynamic", "static"]
+    format: Literal["QOperator", "QDQ"]
+    op_types: tuple[str, ...]
+    per_channel: bool = True
+    weights: Literal["int8"] = "int8"
+    activations: Literal["uint8"] = "uint8"
+    calibration: Calibration | None = None
+
+
+class Agreement(_Strict):
+    """The lowest and the mean of one agreement measure over the accuracy images, in [0, 1]."""
+
+    min: float = Field(ge=0, le=1)
+    mean: float = Field(ge=0, le=1)
+
+
+class Scores(_Strict):
+    """A benchmark score (in points, 0-100) of the float32 graph and of this bundle's."""
+
+    fp32: float
+    reduced: float
+
+    @property
+    def drop(self) -> float:
+        return self.fp32 - self.reduced
+
+
+class Benchmark(_Strict):
+    """mIoU and PQ on a labelled set (the demo model's held-out scenes), float32 against reduced."""
+
+    dataset: str
+    miou: Scores
+    pq: Scores
+    max_drop_points: float
+    passed: bool
+
+
+class Accuracy(_Strict):
+    """A reduced-precision bundle against its float32 graph, both through the server's request path
+    (letterbox, graph, host post-processing) on the same images: per image, the fraction of semantic
+    pixels with the same label, and the IoU of every panoptic segment with its match (0 unmatched)."""
+
+    reference: Literal["fp32"] = "fp32"
+    runtime: str  # what ran the reduced graph, e.g. "onnxruntime 1.32.0 CPU", "openvino 2026.4.1 CPU bf16"
+    source: str  # a directory's name, or "demo scenes"
+    images: int = Field(gt=0)
+    semantic_pixel_agreement: Agreement
+    panoptic_segment_iou: Agreement
+    benchmark: Benchmark | None = None
+
+
 class Manifest(_Strict):
     """``bundle.json``. Validation guarantees label ids 0..K-1 in order, the default canvas among
     ``canvases``, this schema version, and the graph contract of this code (inputs, outputs and
@@ -179,7 +249,11 @@ class Manifest(_Strict):
     thresholds: Thresholds
     default_task: Task
     tasks: tuple[Task, ...] = TASKS
-    precision: Literal["fp32", "fp16", "int8"] = "fp32"
+    precision: Precision = "fp32"
+    # int8 only; an int8 bundle without it is dynamic (what ``--int8`` wrote before static existed).
+    quantization: Quantization | None = None
+    # every reduced precision: how far it is from the float32 graph
+    accuracy: Accuracy | None = None
     inputs: dict[str, TensorSpec]
     outputs: dict[str, TensorSpec]
     panoptic_area_columns: tuple[str, ...] = PANOPTIC_AREA_COLUMNS
@@ -205,7 +279,16 @@ class Manifest(_Strict):
             raise ValueError(
                 f"panoptic_area_columns {list(self.panoptic_area_columns)} are not {list(PANOPTIC_AREA_COLUMNS)}"
             )
+        if self.quantization is not None and self.precision != "int8":
+            raise ValueError(f"quantization is for int8 bundles, not {self.precision}")
         return self
+
+    @property
+    def quantization_mode(self) -> Literal["dynamic", "static"] | None:
+        """int8 bundles: how they were quantized (``dynamic`` for those written before static existed)."""
+        if self.precision != "int8":
+            return None
+        return self.quantization.mode if self.quantization is not None else "dynamic"
 
     @property
     def num_labels(self) -> int:

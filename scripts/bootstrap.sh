@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up a fresh machine for one of two profiles, idempotently:
 #   serve  the serving install (no torch): a venv with `pip install -e .`
-#   test   everything the test suite needs: torch (CPU), the export/dev/test-protocols extras, and the
+#   test   everything the test suite needs: torch (CPU), the export/openvino/dev/test-protocols extras, and the
 #          system packages the tests run for real (Prometheus).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,8 +28,8 @@ case "$profile" in
       log "installing $torch_pin"
       "${pip[@]}" "$torch_pin"
     fi
-    log "installing maskserve with the cpu, export, dev and test-protocols extras"
-    "${pip[@]}" -e ".[cpu,export,dev,test-protocols]"
+    log "installing maskserve with the cpu, openvino, export, dev and test-protocols extras"
+    "${pip[@]}" -e ".[cpu,openvino,export,dev,test-protocols]"
     scripts/install-system-deps.sh
     scripts/install-tools.sh
     ;;

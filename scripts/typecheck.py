@@ -24,6 +24,7 @@ TOOLS = (
     "demo",
     "bench/trained_like.py",
     "bench/checkpoints.py",
+    "bench/gpu",
     "bench/region_masks.py",
     "bench/workload.py",
     "bench/variants.py",

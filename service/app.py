@@ -31,11 +31,14 @@ log = logging.getLogger("maskserve")
 MODEL_PATHS = (SEGMENT_PATH, f"{inference_protocol.PREFIX}/models/", f"{labelstudio.PREFIX}/predict")
 
 
-def create_app(settings: Settings, wrap_backend: BackendWrapper | None = None) -> FastAPI:
+def create_app(
+    settings: Settings, wrap_backend: BackendWrapper | None = None, cpu_flags: frozenset[str] | None = None
+) -> FastAPI:
     """Build the app. Raises ``BundleError`` or ``BackendError`` for a bundle that cannot be
     served here; the model itself loads in the background once the server runs (``/readyz``
-    says when). ``wrap_backend`` wraps the loaded backend (a seam for tests)."""
-    server = ServerState(settings, wrap_backend=wrap_backend)
+    says when). ``wrap_backend`` wraps the loaded backend and ``cpu_flags`` replaces this CPU's
+    /proc/cpuinfo flags (seams for tests)."""
+    server = ServerState(settings, wrap_backend=wrap_backend, cpu_flags=cpu_flags)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -2,7 +2,8 @@
 
 An asyncio queue per canvas shape (a batch holds one shape). The loop takes the canvas whose
 oldest job has waited longest, waits until its batch is full or until ``max_delay`` after that
-oldest job arrived, and runs the batch on a dedicated inference thread. Each job's future gets
+oldest job arrived (but never longer than that canvas's last model call took, see ``window``),
+and runs the batch on a dedicated inference thread. Each job's future gets
 its own slice of the outputs, or the batch's exception. As in Ray Serve's ``_BatchQueue``: a
 "work arrived" event, a wait that shrinks with time, and a results-count check (in
 ``Segmenter.forward``, which the batch calls).
@@ -68,6 +69,7 @@ class Batcher:
         self._queues: dict[tuple[int, int], deque[_Entry]] = {}
         self._closed = False
         self._per_image_s = 0.0  # moving average of model time per image, for Retry-After
+        self._last_call_s: dict[tuple[int, int], float] = {}  # per canvas, for the window
         self._work = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="maskserve-inference")
         self._task: asyncio.Task[None] | None = None
@@ -122,6 +124,19 @@ class Batcher:
     def _publish_depth(self) -> None:
         self.metrics.queue_depth.set(self.depth)
 
+    def window(self, canvas: tuple[int, int]) -> float:
+        """How long the oldest job of ``canvas`` may wait for others: ``max_delay``, capped by the
+        last model call at that canvas.
+
+        Waiting w for stragglers delays every queued job by w and gains the stragglers at most the
+        fixed cost of one call, which is less than a whole call: running now and running them in
+        the next call (which starts when this one ends) finishes them as soon, and everyone else
+        sooner. So a wait longer than a call is pure latency; on a GPU, where a call can take 2 ms
+        against a 5 ms max_delay, it was most of a request's time at low concurrency.
+        """
+        last = self._last_call_s.get(canvas)
+        return self.max_delay_s if last is None else min(self.max_delay_s, last)
+
     def _oldest_canvas(self) -> tuple[int, int] | None:
         heads = [(queue[0].enqueued, canvas) for canvas, queue in self._queues.items() if queue]
         return min(heads)[1] if heads else None
@@ -135,8 +150,9 @@ class Batcher:
                 continue
             queue = self._queues[canvas]
             # The window is anchored at the oldest job: late arrivals never extend it.
+            window = self.window(canvas)
             while 0 < len(queue) < self.max_batch:
-                remaining = queue[0].enqueued + self.max_delay_s - time.monotonic()
+                remaining = queue[0].enqueued + window - time.monotonic()
                 if remaining <= 0:
                     break
                 self._work.clear()
@@ -184,6 +200,7 @@ class Batcher:
                     entry.future.set_exception(failure)
             return
         elapsed = time.monotonic() - started
+        self._last_call_s[jobs[0].canvas] = elapsed
         per_image = elapsed / len(jobs)
         self._per_image_s = per_image if self._per_image_s == 0 else 0.8 * self._per_image_s + 0.2 * per_image
         self.metrics.batch_size.observe(len(jobs))

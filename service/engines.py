@@ -171,6 +171,7 @@ def segment_ious(ours: Sequence[Segment], theirs: Sequence[Segment]) -> list[flo
         if not same:
             result.append(0.0)
             continue
-        ious = coco_mask.iou([rle(s) for s in same], [rle(want)], [0] * len(same))
+        # iscrowd has one flag per ground-truth mask (here the one reference segment).
+        ious = coco_mask.iou([rle(s) for s in same], [rle(want)], [0])
         result.append(float(np.max(ious)))
     return result

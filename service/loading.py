@@ -1,5 +1,5 @@
-"""Create the backend a bundle runs on: an ONNX Runtime session, or a TensorRT engine taken
-from the cache (built and verified first when none fits this GPU)."""
+"""Create the backend a bundle runs on: an ONNX Runtime session, an OpenVINO compiled body, or a
+TensorRT engine taken from the cache (built and verified first when none fits this GPU)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ from maskserve.service.backends import (
     BackendError,
     BackendOptions,
     choose_backend,
+    onnxruntime_on_cpu,
     onnxruntime_problem,
+    openvino_installed,
     tensorrt_installed,
     visible_gpus,
 )
@@ -23,8 +25,16 @@ def check_runtime(options: BackendOptions, bundle: Bundle) -> str:
     """The backend kind these options pick for this bundle here; ``BackendError`` (one line, saying
     what to install) when it cannot run. Cheap: nothing is loaded."""
     installed = tensorrt_installed()
-    kind = choose_backend(options.backend, installed, visible_gpus(), bundle.manifest.precision)
-    # ONNX Runtime is needed by both: TensorRT engines are verified against it on the CPU.
+    kind = choose_backend(
+        options.backend,
+        installed,
+        visible_gpus(),
+        bundle.manifest.precision,
+        openvino_available=openvino_installed(),
+        cpu_only=onnxruntime_on_cpu(options.provider),
+    )
+    # ONNX Runtime is needed by all: TensorRT engines are verified against it on the CPU, and the
+    # OpenVINO backend runs the heads after its body in it.
     problem = onnxruntime_problem()
     if problem is not None:
         raise BackendError(problem)
@@ -42,9 +52,17 @@ def engine_cache_dir(engine_cache: Path | None, bundle: Bundle) -> Path:
 
 
 def load_backend(
-    options: BackendOptions, bundle: Bundle, canvases: Sequence[tuple[int, int]], max_batch: int
+    options: BackendOptions,
+    bundle: Bundle,
+    canvases: Sequence[tuple[int, int]],
+    max_batch: int,
+    precision: str | None = None,
 ) -> Backend:
-    """Create the backend the options ask for, building a TensorRT engine if none is cached."""
+    """Create the backend the options ask for, building a TensorRT engine if none is cached.
+
+    ``precision``: the one to serve the bundle in (``maskserve.service.precision.served_precision``:
+    a bf16 bundle may be served in fp32); default, the bundle's.
+    """
     kind = check_runtime(options, bundle)
     if kind == "onnxruntime":
         from maskserve.service.backends.ort import OnnxRuntimeBackend
@@ -56,6 +74,16 @@ def load_backend(
             intra_op_threads=options.intra_op_threads,
             engine_cache=options.engine_cache,
             fp16=bundle.manifest.precision == "fp16",
+        )
+    if kind == "openvino":
+        from maskserve.service.backends.ov import BUNDLE_PRECISION, OpenVinoBackend
+
+        return OpenVinoBackend(
+            bundle.model_path,
+            max_batch=bundle.manifest.max_batch,
+            precision=BUNDLE_PRECISION[precision or bundle.manifest.precision],
+            threads=options.intra_op_threads,
+            hint="throughput" if options.openvino_hint == "throughput" else "latency",
         )
     from maskserve.service.backends.tensorrt.backend import TensorRTBackend
     from maskserve.service.backends.tensorrt.manifest import default_batch_range

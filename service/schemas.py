@@ -54,7 +54,10 @@ class ModelResponse(BaseModel):
     provider: str
     max_batch_size: int
     bundle_max_batch: int
-    precision: str
+    precision: str = Field(description="what the body computes in here: fp32, fp16, bf16 or int8")
+    bundle_precision: str = Field(
+        description="the bundle's precision (bundle.json); differs from precision when a bf16 bundle runs in fp32"
+    )
     thresholds: dict[str, float]
     panoptic_rule: str
     source: dict[str, str]

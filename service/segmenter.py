@@ -27,8 +27,9 @@ from maskserve.service.backends import Backend, BackendOptions
 from maskserve.service.backends.base import graph_feeds
 from maskserve.service.decode import DEFAULT_MAX_IMAGE_PIXELS
 from maskserve.service.errors import InvalidRequest
-from maskserve.service.loading import load_backend
+from maskserve.service.loading import check_runtime, load_backend
 from maskserve.service.postprocess import PanopticRule, PostProcessor, TaskParams
+from maskserve.service.precision import Fallback, cpu_flags, served_precision
 from maskserve.service.preprocess import ImageInput, Normalizer, Prepared, prepare
 from maskserve.service.result import Result
 
@@ -83,26 +84,33 @@ class Segmenter:
         max_batch: int | None = None,
         max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
         intra_op_threads: int = 0,
+        openvino_hint: str = "latency",
         engine_cache: str | Path | None = None,
         engine_precision: str = "fp16",
         cuda_graphs: bool = False,
+        precision_fallback: Fallback = "refuse",
     ) -> Segmenter:
         """Load a bundle directory (default: the embedded demo model) and create its backend.
 
         ``backend`` and ``provider`` are the ``MASKSERVE_BACKEND`` / ``MASKSERVE_PROVIDER``
-        choices (e.g. ``provider="cuda"``). Raises ``BundleError`` or ``BackendError`` (one line).
+        choices (e.g. ``backend="openvino"``, ``provider="cuda"``), ``precision_fallback``
+        ``MASKSERVE_PRECISION_FALLBACK``'s (a bf16 bundle where bf16 cannot run). Raises
+        ``BundleError`` or ``BackendError`` (one line).
         """
         loaded = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle or DEFAULT_BUNDLE)
         options = BackendOptions(
             backend=backend,
             provider=provider,
             intra_op_threads=intra_op_threads,
+            openvino_hint=openvino_hint,
             engine_cache=Path(engine_cache) if engine_cache is not None else None,
             engine_precision=engine_precision,
             cuda_graphs=cuda_graphs,
         )
         chosen = serving_canvases(loaded.manifest, canvases)
-        runtime = load_backend(options, loaded, chosen, max_batch or loaded.manifest.max_batch)
+        kind = check_runtime(options, loaded)
+        served = served_precision(loaded.manifest.precision, kind, cpu_flags(), precision_fallback)
+        runtime = load_backend(options, loaded, chosen, max_batch or loaded.manifest.max_batch, served)
         return cls(
             loaded,
             runtime,

@@ -70,10 +70,12 @@ class Settings(BaseSettings):
         description="Bundle directory to serve. Default: the embedded demo model (circles, squares, "
         "triangles, sky, ground). Point it at your own `maskserve export` output.",
     )
-    backend: Literal["auto", "onnxruntime", "tensorrt"] = Field(
+    backend: Literal["auto", "onnxruntime", "openvino", "tensorrt"] = Field(
         "auto",
-        description="Runtime. `auto` picks native TensorRT when its engine and a GPU are present, else "
-        "ONNX Runtime. Pin it to make a deployment fail loudly instead of falling back.",
+        description="Runtime. `auto` picks native TensorRT when its engine and a GPU are present, else OpenVINO "
+        "for a bf16 bundle on a CPU where it is installed (`maskserve[cpu,openvino]`: the only CPU runtime here "
+        "with bf16 kernels), else ONNX Runtime. Pin `openvino` to run fp32 bundles there too (5% faster on the "
+        "Swin-T body here, docs/cpu-runtimes.md). Pin it to make a deployment fail loudly instead of falling back.",
     )
     provider: Literal["auto", "tensorrt", "cuda", "cpu"] = Field(
         "auto",
@@ -84,8 +86,15 @@ class Settings(BaseSettings):
         0,
         ge=0,
         le=256,
-        description="ONNX Runtime threads inside one operator (0: one per physical core). Lower it when "
-        "several replicas share a host, so they do not oversubscribe the cores.",
+        description="Threads of one model call: ONNX Runtime's intra-op threads, OpenVINO's "
+        "INFERENCE_NUM_THREADS (0: one per physical core). Lower it when several replicas share a host, so "
+        "they do not oversubscribe the cores.",
+    )
+    openvino_hint: Literal["latency", "throughput"] = Field(
+        "latency",
+        description="OpenVINO's PERFORMANCE_HINT. `latency` runs each model call on all the threads; `throughput` "
+        "splits them into streams that run calls side by side, which only pays when several callers share one "
+        "Segmenter: the server makes one model call at a time, so keep `latency` there.",
     )
     engine_cache: Path | None = Field(
         None,
@@ -102,6 +111,13 @@ class Settings(BaseSettings):
         False,
         description="Native TensorRT backend: record each (batch, canvas) launch as a CUDA graph and replay it, "
         "saving CPU launch overhead on small models. Costs GPU memory per shape.",
+    )
+    precision_fallback: Literal["refuse", "fp32"] = Field(
+        "refuse",
+        description="What to do with a bf16 bundle where it cannot run in bf16 (a CPU without avx512_bf16 or "
+        "amx_bf16, or a runtime without bfloat16 kernels): `refuse` to start, with one line saying why, or "
+        "serve its graph in `fp32` (about twice the latency; /v1/model and maskserve_model_info say fp32). "
+        "Keep `refuse` where replicas were sized for bf16 throughput.",
     )
     model_name: str | None = Field(
         None,
@@ -133,7 +149,8 @@ class Settings(BaseSettings):
         5.0,
         ge=0,
         le=10_000,
-        description="How long the oldest queued image may wait for others to join its batch. Higher "
+        description="How long the oldest queued image may wait for others to join its batch, at most as "
+        "long as the last model call at its canvas took (waiting longer than a call helps nobody). Higher "
         "trades latency for throughput under load; 0 runs whatever is queued at once.",
     )
     max_queue: int = Field(
@@ -162,6 +179,14 @@ class Settings(BaseSettings):
         ge=1,
         le=64,
         description="Threads for decoding, preprocessing, post-processing and RLE, off the event loop.",
+    )
+    worker_nice: int = Field(
+        0,
+        ge=0,
+        le=19,
+        description="How much lower those threads' scheduling priority is than the model call's (Linux niceness, "
+        "per thread): under load the model's threads get the cores first and decoding and post-processing the "
+        "rest, instead of slowing every model call down. 0 treats them alike.",
     )
 
     # --- limits ------------------------------------------------------------------------------
@@ -312,6 +337,7 @@ class Settings(BaseSettings):
             backend=self.backend,
             provider=self.provider,
             intra_op_threads=self.intra_op_threads,
+            openvino_hint=self.openvino_hint,
             engine_cache=self.engine_cache,
             engine_precision=self.engine_precision,
             cuda_graphs=self.cuda_graphs,

@@ -22,6 +22,7 @@ from typing import Protocol, TypeVar
 
 from maskserve.bundle import Bundle, BundleError
 from maskserve.errors import first_line
+from maskserve.service import precision
 from maskserve.service.backends import Backend
 from maskserve.service.batcher import Batcher
 from maskserve.service.errors import BodyBudgetExceeded, Draining, NotReady, QueueFull, ServiceError
@@ -98,7 +99,13 @@ class ServerState:
     configuration (``BundleError`` or ``BackendError``, one line each); ``start`` does the slow
     part (session creation, warm-up)."""
 
-    def __init__(self, settings: Settings, wrap_backend: BackendWrapper | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        wrap_backend: BackendWrapper | None = None,
+        cpu_flags: frozenset[str] | None = None,
+    ) -> None:
+        """``cpu_flags``: this CPU's /proc/cpuinfo flags (read when None); tests pass other sets."""
         self.settings = settings
         self.bundle = Bundle.load(settings.bundle)
         manifest = self.bundle.manifest
@@ -107,11 +114,15 @@ class ServerState:
                 f"max_batch_size {settings.max_batch_size} exceeds the bundle's max batch {manifest.max_batch}"
             )
         self.backend_kind = check_runtime(settings.backend_options(), self.bundle)
+        flags = precision.cpu_flags() if cpu_flags is None else cpu_flags
+        self.precision = precision.served_precision(
+            manifest.precision, self.backend_kind, flags, settings.precision_fallback
+        )
         self.canvases = serving_canvases(manifest, settings.canvases)
         self.max_batch = settings.max_batch_size
         self.panoptic_rule = PanopticRule(settings.panoptic_rule)
         self.metrics = Metrics()
-        self.pool = WorkerPool(settings.workers)
+        self.pool = WorkerPool(settings.workers, nice=settings.worker_nice)
         self.state = State.LOADING
         self.failure: str | None = None
         self.segmenter: Segmenter | None = None
@@ -156,15 +167,17 @@ class ServerState:
                 "bundle": self.bundle.manifest.name,
                 "backend": backend.name,
                 "provider": backend.provider,
-                "precision": self.bundle.manifest.precision,
+                "precision": self.precision,
+                "bundle_precision": self.bundle.manifest.precision,
             }
         )
         if self.state is State.LOADING:
             self.state = State.READY
         log.info(
-            "ready in %.1f s: %s on %s/%s, canvases %s, max batch %d",
+            "ready in %.1f s: %s (%s) on %s/%s, canvases %s, max batch %d",
             time.perf_counter() - started,
             self.bundle.manifest.name,
+            self.precision,
             backend.name,
             backend.provider,
             ", ".join(f"{h}x{w}" for h, w in self.canvases),
@@ -172,7 +185,9 @@ class ServerState:
         )
 
     def _load(self) -> Segmenter:
-        backend = load_backend(self.settings.backend_options(), self.bundle, self.canvases, self.max_batch)
+        backend = load_backend(
+            self.settings.backend_options(), self.bundle, self.canvases, self.max_batch, self.precision
+        )
         if self._wrap_backend is not None:
             backend = self._wrap_backend(backend)
         return Segmenter(

@@ -12,8 +12,11 @@ bound how long a large decode can be passed over. A task cancelled before it sta
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import itertools
+import os
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,7 +39,10 @@ class _Task:
 class WorkerPool:
     """``workers`` threads taking the highest-priority task first; ``run`` awaits one from asyncio."""
 
-    def __init__(self, workers: int, name: str = "maskserve-worker") -> None:
+    def __init__(self, workers: int, name: str = "maskserve-worker", nice: int = 0) -> None:
+        """``nice``: how many steps less the scheduler favours these threads than the rest of the
+        process (the model call's threads, the event loop); see ``lower_priority``."""
+        self._nice = nice
         self._heap: list[_Task] = []
         self._ready = threading.Condition()
         self._sequence = itertools.count()
@@ -74,6 +80,7 @@ class WorkerPool:
             task.loop.call_soon_threadsafe(_cancel, task.future)
 
     def _work(self) -> None:
+        lower_priority(self._nice)
         while True:
             with self._ready:
                 while not self._heap and not self._closed:
@@ -109,3 +116,18 @@ def _fail(future: asyncio.Future[Any], exc: BaseException) -> None:
 def _cancel(future: asyncio.Future[Any]) -> None:
     if not future.done():
         future.cancel()
+
+
+def lower_priority(nice: int) -> None:
+    """Raise the calling thread's niceness by ``nice`` (at most to 19), so that on a busy CPU the
+    scheduler gives the cores to the other threads first, and this one the rest.
+
+    On Linux niceness belongs to each thread (setpriority(2), "a bug" in POSIX's terms that Linux
+    documents: the PRIO_PROCESS ``who`` is a thread ID). Elsewhere it would renice the whole
+    process, so nothing is done. Raising it needs no privilege.
+    """
+    if nice <= 0 or not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError):
+        current = os.getpriority(os.PRIO_PROCESS, 0)
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), min(19, current + nice))

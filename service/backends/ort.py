@@ -5,30 +5,37 @@ then only the heads of the tasks the batch asked for. ONNX Runtime computes ever
 session whatever outputs are fetched, and the three heads together cost about half as much as
 the body on a CPU (upsampling 100-150 maps to full resolution); on a GPU they are cheap and one
 fused graph is kept, so nothing leaves the device between stages. With ``host_head`` (the
-default), the semantic head and, for images whose masks are upsampled as probabilities (the
-``transformers`` panoptic rule), the panoptic head run on the host instead
-(``maskserve.service.boundary_head``), from the graph's own 1/4-resolution Softmax, Sigmoid and
-Einsum, upsampling only where a decision can change; their outputs equal the head sessions'.
+default), the semantic and the panoptic heads run on the host instead
+(``maskserve.service.boundary_head``, ``boundary_panoptic``), from the graph's own
+1/4-resolution Softmax, Sigmoid and Einsum and the raw mask logits, upsampling only where a
+decision can change; their outputs equal the head sessions' in both panoptic upsampling orders.
 
 The module is named ``ort`` so that it never shadows the ``onnxruntime`` package it wraps.
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
+import io
 import itertools
 import logging
-from collections.abc import Mapping, Sequence
+import sys
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
-from maskserve.bundle import INPUTS, RAW_OUTPUTS, TASK_OUTPUTS, Task
+from maskserve.bundle import INPUTS, RAW_OUTPUTS, TASK_OUTPUTS, PanopticUpsampling, Task
 from maskserve.errors import first_line
-from maskserve.service import bilinear, boundary_head
+from maskserve.service import bilinear, boundary_head, boundary_panoptic, logistic
 from maskserve.service.backends.base import BackendError
+
+if TYPE_CHECKING:
+    import onnx.utils
 
 log = logging.getLogger("maskserve")
 
@@ -40,8 +47,15 @@ PROVIDERS = {
 AUTO_ORDER = ("tensorrt", "cuda", "cpu")
 
 
-def provider_chain(choice: str, available: Sequence[str]) -> list[str]:
-    """Providers to hand to the session, best first. A pinned provider must be available."""
+def provider_chain(choice: str, available: Sequence[str], tensorrt_present: bool | None = None) -> list[str]:
+    """Providers to hand to the session, best first. A pinned provider must be available.
+
+    ``auto`` takes the TensorRT EP only where TensorRT itself is installed (``tensorrt_present``,
+    default: the ``tensorrt`` package is importable): onnxruntime-gpu lists the TensorRT EP as
+    available whether or not TensorRT's libraries exist, and a session asked for it without them
+    fails and is re-created by ONNX Runtime on its fallback list, without maskserve's provider
+    options (seen with onnxruntime-gpu 1.31.1 on a machine without TensorRT).
+    """
     if choice != "auto":
         name = PROVIDERS[choice]
         if name not in available:
@@ -51,7 +65,13 @@ def provider_chain(choice: str, available: Sequence[str]) -> list[str]:
             )
         chain = [name]
     else:
-        chain = [PROVIDERS[key] for key in AUTO_ORDER if PROVIDERS[key] in available]
+        if tensorrt_present is None:
+            tensorrt_present = importlib.util.find_spec("tensorrt") is not None
+        chain = [
+            PROVIDERS[key]
+            for key in AUTO_ORDER
+            if PROVIDERS[key] in available and (key != "tensorrt" or tensorrt_present)
+        ]
     if PROVIDERS["cpu"] not in chain:
         chain.append(PROVIDERS["cpu"])  # ORT's fallback for any node the accelerator lacks
     return chain
@@ -74,6 +94,26 @@ def _provider_options(name: str, engine_cache: Path | None, fp16: bool) -> dict[
     return {}
 
 
+def nvidia_library_dirs(onnxruntime_dir: Path, search_path: Sequence[str], cuda_major: str) -> list[Path] | None:
+    """Where ``preload_dlls`` must look for the pip CUDA and cuDNN libraries, or None for its default.
+
+    ``onnxruntime.preload_dlls()`` looks for the ``nvidia-*`` wheels' libraries only beside the
+    ``onnxruntime`` package (its ``directory=None`` means ``onnxruntime/..``). Where onnxruntime-gpu is
+    installed elsewhere than the CUDA wheels (``pip install --target``, a venv over a system
+    site-packages that holds torch's CUDA libraries), nothing is found there and the CUDA provider
+    silently fails to load. Then the CUDA 13 layout is looked for on ``search_path``:
+    ``nvidia/cu13/lib`` (cuBLAS, cuFFT, cuRAND, NVRTC, runtime) and ``nvidia/cudnn/lib``.
+    """
+    if (onnxruntime_dir.parent / "nvidia").is_dir() or not cuda_major.isdigit() or int(cuda_major) < 13:
+        return None  # ORT's own search covers it (CUDA 12 wheels keep one folder per library)
+    for entry in search_path:
+        nvidia = Path(entry or ".") / "nvidia"
+        cuda, cudnn = nvidia / f"cu{cuda_major}" / "lib", nvidia / "cudnn" / "lib"
+        if cuda.is_dir():
+            return [cuda, *([cudnn] if cudnn.is_dir() else [])]
+    return None
+
+
 def _preload_cuda_libraries() -> None:
     """Load the CUDA and cuDNN libraries that ``maskserve[gpu]`` installs from pip (the
     ``nvidia-*`` wheels): they are not on the loader path, and ONNX Runtime >= 1.21 finds them
@@ -81,10 +121,39 @@ def _preload_cuda_libraries() -> None:
     preload = getattr(ort, "preload_dlls", None)
     if preload is None:
         return
+    cuda_major = str(getattr(ort, "cuda_version", "") or "").split(".")[0]
+    dirs = nvidia_library_dirs(Path(ort.__file__).parent, sys.path, cuda_major)
+    calls: list[dict[str, Any]] = (
+        [{}]
+        if dirs is None
+        else [{"cuda": True, "cudnn": False, "directory": str(dirs[0])}]
+        + [{"cuda": False, "cudnn": True, "directory": str(d)} for d in dirs[1:]]
+    )
+    # preload_dlls prints what it cannot load instead of raising: keep that in the log.
+    printed = io.StringIO()
     try:
-        preload()
+        with contextlib.redirect_stdout(printed):
+            for kwargs in calls:
+                preload(**kwargs)
     except Exception as exc:  # system CUDA libraries may serve instead; ORT reports what is missing
         log.warning("onnxruntime.preload_dlls failed: %s", exc)
+    if printed.getvalue().strip():
+        log.warning("onnxruntime.preload_dlls: %s", " ".join(printed.getvalue().split()))
+
+
+def session_options(intra_op_threads: int = 0) -> ort.SessionOptions:
+    """The options of every session: one model call at a time, ``intra_op_threads`` per operator
+    (0: one per physical core)."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.intra_op_num_threads = intra_op_threads
+    # Idle intra-op threads spin by default, waiting for the next operator: on a CPU shared
+    # with the event loop and the decoding workers, that spinning takes the cores they need
+    # (503s that should take milliseconds took hundreds under load). Threads sleep instead.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.inter_op_num_threads = 1
+    return options
 
 
 class OnnxRuntimeBackend:
@@ -104,24 +173,12 @@ class OnnxRuntimeBackend:
         chain = provider_chain(provider, ort.get_available_providers())
         if PROVIDERS["cuda"] in chain or PROVIDERS["tensorrt"] in chain:
             _preload_cuda_libraries()
-        self._options = ort.SessionOptions()
-        self._options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self._options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        self._options.intra_op_num_threads = intra_op_threads
-        # Idle intra-op threads spin by default, waiting for the next operator: on a CPU shared
-        # with the event loop and the decoding workers, that spinning takes the cores they need
-        # (503s that should take milliseconds took hundreds under load). Threads sleep instead.
-        self._options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self._options.inter_op_num_threads = 1
+        self._options = session_options(intra_op_threads)
         self._providers = [(name, _provider_options(name, engine_cache, fp16)) for name in chain]
         self.staged = chain[0] == PROVIDERS["cpu"] if staged is None else staged
-        # The host head replaces head sessions only on the CPU, where the logits are on the host.
-        # Per set of host tasks (sorted), the session giving their 1/4-resolution tensors in order.
-        self._host_low: dict[tuple[Task, ...], ort.InferenceSession] = {}
-        self.host_tasks: tuple[Task, ...] = ()
-        self._panoptic_orders: frozenset[int] | None = None
         try:
             if self.staged:
+                # The host head replaces head sessions only on the CPU, where the logits are on the host.
                 self._body, self._heads = self._staged_sessions(model_path, host_head and chain[0] == PROVIDERS["cpu"])
                 self.session = self._body
             else:
@@ -129,6 +186,22 @@ class OnnxRuntimeBackend:
         except Exception as exc:  # ORT and onnx raise their own types; keep one line
             raise BackendError(f"onnxruntime cannot load {model_path}: {first_line(exc)}") from exc
         self.provider = self.session.get_providers()[0]
+        if self.provider != chain[0] and (provider != "auto" or self.provider == PROVIDERS["cpu"]):
+            # ONNX Runtime does not fail a session whose accelerator cannot be created: it logs the
+            # reason and runs on the CPU (seen with onnxruntime-gpu 1.31.1 and no CUDA libraries).
+            # Pinned, that is an error; auto says so (it may settle for CUDA after a failed TensorRT).
+            message = (
+                f"onnxruntime could not create {chain[0]} and fell back to {self.provider}; its log above says "
+                "why (for the CUDA EP usually the CUDA 13 or cuDNN 9 libraries: pip install 'maskserve[gpu]')"
+            )
+            if provider != "auto":
+                raise BackendError(message)
+            log.warning("%s", message)
+        if self.provider != PROVIDERS["cpu"]:
+            # A device session must not turn into a CPU session at run time: ONNX Runtime's
+            # default on an EP failure inside run() is to re-create the session on the CPU.
+            for session in (self.session, *(self._heads.sessions() if self.staged else ())):
+                session.disable_fallback()
         self.max_batch = max_batch
         self._on_device = self.provider != PROVIDERS["cpu"]
         log.info(
@@ -137,55 +210,25 @@ class OnnxRuntimeBackend:
             ", ".join(self.session.get_providers()),
             " (staged: body, then per-task heads)" if self.staged else "",
         )
+        self.host_tasks: tuple[Task, ...] = self._heads.host_tasks if self.staged else ()
         self.host_head = bool(self.host_tasks)
-        if self.host_head:
-            log.info("%s head(s) run on the host (boundary head)", " and ".join(self.host_tasks))
 
     def _session(self, model: str | bytes) -> ort.InferenceSession:
         return ort.InferenceSession(model, sess_options=self._options, providers=self._providers)
 
-    def _staged_sessions(
-        self, model_path: Path, host_head: bool
-    ) -> tuple[ort.InferenceSession, dict[str, ort.InferenceSession]]:
+    def _staged_sessions(self, model_path: Path, host_head: bool) -> tuple[ort.InferenceSession, Heads]:
         import onnx
         import onnx.utils
 
         extractor = onnx.utils.Extractor(onnx.load(str(model_path)))
         # The body takes every graph input: the exporter may read the batch size off any of them.
         body = extractor.extract_model(list(INPUTS), list(RAW_OUTPUTS))
-        heads = {
-            task: extractor.extract_model([*INPUTS, *RAW_OUTPUTS], list(names)) for task, names in TASK_OUTPUTS.items()
-        }
-        found = boundary_head.graph_tensors(heads) if host_head else boundary_head.HostTensors({})
-        low = found.names
-        if host_head and len(low) < len(boundary_head.HOST_TASKS):
-            missing = [task for task in boundary_head.HOST_TASKS if task not in low]
-            log.warning("%s head stays in ONNX Runtime: not the graph boundary_head replicates", " and ".join(missing))
-        if low:
-            probe, feeds, expected = bilinear.resize_probe()
-            if not np.array_equal(self._session(probe.SerializeToString()).run(None, feeds)[0], expected):
-                log.warning("host head off: this onnxruntime build's Resize rounds differently from boundary_head")
-                low = {}
-        self.host_tasks = tuple(sorted(low))
-        self._panoptic_orders = found.panoptic_orders
-        for size in range(1, len(self.host_tasks) + 1):
-            for tasks in itertools.combinations(self.host_tasks, size):
-                names = [name for task in tasks for name in low[task]]
-                self._host_low[tasks] = self._session(
-                    extractor.extract_model(list(RAW_OUTPUTS), names).SerializeToString()
-                )
-        # A head the host follows for only some images keeps its session for the others.
-        only_some = {"panoptic"} if self._panoptic_orders is not None else set()
-        heads = {task: head for task, head in heads.items() if task not in self.host_tasks or task in only_some}
+        heads = Heads(extractor, self._session, host_head)
         del extractor
         body_session = self._session(body.SerializeToString())
         del body
-        head_sessions: dict[str, ort.InferenceSession] = {
-            task: self._session(head.SerializeToString()) for task, head in heads.items()
-        }
-        self._inputs_of = {"body": [i.name for i in body_session.get_inputs()]}
-        self._inputs_of |= {task: [i.name for i in head.get_inputs()] for task, head in head_sessions.items()}
-        return body_session, head_sessions
+        self._body_inputs = [i.name for i in body_session.get_inputs()]
+        return body_session, heads
 
     def run(
         self, feeds: Mapping[str, npt.NDArray[np.generic]], outputs: Sequence[str]
@@ -209,14 +252,108 @@ class OnnxRuntimeBackend:
     def _run_staged(
         self, feeds: Mapping[str, npt.NDArray[np.generic]], outputs: Sequence[str]
     ) -> dict[str, npt.NDArray[np.generic]]:
-        body_feeds = {name: feeds[name] for name in self._inputs_of["body"]}
+        body_feeds = {name: feeds[name] for name in self._body_inputs}
         raw = dict(zip(RAW_OUTPUTS, self._body.run(list(RAW_OUTPUTS), body_feeds), strict=True))
+        return self._heads.run(feeds, raw, outputs)
+
+    def close(self) -> None:
+        self.session = None  # type: ignore[assignment]
+        if self.staged:
+            self._body = None  # type: ignore[assignment]
+            self._heads.close()
+
+
+class Heads:
+    """The per-task heads after the body (``class_logits``, ``mask_logits``), in ONNX Runtime.
+
+    Each task's head is its own session, so a batch pays only for the tasks it asked for. With
+    ``host_head``, the heads ``maskserve.service.boundary_head`` replicates run on the host instead
+    (for the images whose order it follows) from 1/4-resolution tensors that small sessions
+    compute (the graph's own Softmax, Sigmoid and Einsum); their outputs equal the head sessions'.
+    """
+
+    def __init__(
+        self, extractor: onnx.utils.Extractor, session: Callable[[str | bytes], ort.InferenceSession], host_head: bool
+    ) -> None:
+        heads = {
+            task: extractor.extract_model([*INPUTS, *RAW_OUTPUTS], list(names)) for task, names in TASK_OUTPUTS.items()
+        }
+        found = boundary_head.graph_tensors(heads) if host_head else boundary_head.HostTensors({})
+        low = found.names
+        if host_head and len(low) < len(boundary_head.HOST_TASKS):
+            missing = [task for task in boundary_head.HOST_TASKS if task not in low]
+            log.warning("%s head stays in ONNX Runtime: not the graph boundary_head replicates", " and ".join(missing))
+        if low:
+            probe, feeds, expected = bilinear.resize_probe()
+            if not np.array_equal(session(probe.SerializeToString()).run(None, feeds)[0], expected):
+                log.warning("host head off: this onnxruntime build's Resize rounds differently from boundary_head")
+                low = {}
+        self.host_tasks: tuple[Task, ...] = tuple(sorted(low))
+        self._sigmoid: logistic.Sigmoid | None = None
+        orders = found.panoptic_orders
+        if "panoptic" in low and orders is not None and PanopticUpsampling.LOGITS in orders:
+            # The logits order takes ONNX Runtime's Sigmoid after the upsampling: computed for
+            # boundary pixels by this session, bounded elsewhere by facts about its kernel.
+            sigmoid = logistic.session()
+            if logistic.follows_onnxruntime(sigmoid):
+                self._sigmoid = logistic.Sigmoid(sigmoid)
+            else:
+                log.warning(
+                    "logits-first panoptic images stay in ONNX Runtime: this onnxruntime build's Sigmoid "
+                    "is not the kernel boundary_panoptic bounds"
+                )
+                orders = orders - {int(PanopticUpsampling.LOGITS)}
+        self._panoptic_orders = orders
+        # Per set of host tasks (sorted), the session giving their 1/4-resolution tensors in order.
+        self._host_low: dict[tuple[Task, ...], ort.InferenceSession] = {}
+        for size in range(1, len(self.host_tasks) + 1):
+            for tasks in itertools.combinations(self.host_tasks, size):
+                names = [name for task in tasks for name in low[task]]
+                self._host_low[tasks] = session(extractor.extract_model(list(RAW_OUTPUTS), names).SerializeToString())
+        # A head the host follows for only some images keeps its session for the others.
+        only_some = set() if self._follows_every_order() else {"panoptic"}
+        heads = {task: head for task, head in heads.items() if task not in self.host_tasks or task in only_some}
+        self._sessions = {task: session(head.SerializeToString()) for task, head in heads.items()}
+        self._inputs_of = {task: [i.name for i in head.get_inputs()] for task, head in self._sessions.items()}
+        if self.host_tasks:
+            log.info("%s head(s) run on the host (boundary head)", " and ".join(self.host_tasks))
+
+    @classmethod
+    def on_cpu(cls, model_path: Path, intra_op_threads: int = 0, host_head: bool = True) -> Heads:
+        """The heads of the bundle's graph on ONNX Runtime's CPU provider, for a body that runs in
+        another runtime (``maskserve.service.backends.ov``); ``BackendError`` if they cannot load."""
+        import onnx
+        import onnx.utils
+
+        options = session_options(intra_op_threads)
+        providers = [PROVIDERS["cpu"]]
+
+        def session(model: str | bytes) -> ort.InferenceSession:
+            return ort.InferenceSession(model, sess_options=options, providers=providers)
+
+        try:
+            return cls(onnx.utils.Extractor(onnx.load(str(model_path))), session, host_head)
+        except Exception as exc:  # ORT and onnx raise their own types; keep one line
+            raise BackendError(f"onnxruntime cannot load the heads of {model_path}: {first_line(exc)}") from exc
+
+    def sessions(self) -> list[ort.InferenceSession]:
+        """The head sessions (not the host head's small ones)."""
+        return list(self._sessions.values())
+
+    def run(
+        self,
+        feeds: Mapping[str, npt.NDArray[np.generic]],
+        raw: Mapping[str, npt.NDArray[np.generic]],
+        outputs: Sequence[str],
+    ) -> dict[str, npt.NDArray[np.generic]]:
+        """The requested ``outputs`` of a batch, from its graph inputs and its body's raw logits
+        (which are outputs too, when asked for)."""
         results: dict[str, npt.NDArray[np.generic]] = {name: raw[name] for name in outputs if name in raw}
         available = {**feeds, **raw}
         host = [
             task
             for task in self.host_tasks
-            if any(name in outputs for name in TASK_OUTPUTS[task]) and self._host_follows(task, feeds)
+            if any(name in outputs for name in TASK_OUTPUTS[task]) and self.host_follows(task, feeds)
         ]
         if host:
             results.update({k: v for k, v in self._run_host(host, available).items() if k in outputs})
@@ -224,16 +361,22 @@ class OnnxRuntimeBackend:
             wanted = [name for name in names if name in outputs]
             if not wanted or task in host:
                 continue
-            head = self._heads[task]
             head_feeds = {name: available[name] for name in self._inputs_of[task]}
-            results.update(zip(wanted, head.run(wanted, head_feeds), strict=True))
+            results.update(zip(wanted, self._sessions[task].run(wanted, head_feeds), strict=True))
         return results
 
-    def _host_follows(self, task: Task, feeds: Mapping[str, npt.NDArray[np.generic]]) -> bool:
+    def _follows_every_order(self) -> bool:
+        """Whether the host's panoptic head follows the graph for every ``panoptic_upsampling`` value:
+        with both orders, it takes the graph's test (``== LOGITS``, else probabilities) for any value."""
+        orders = self._panoptic_orders
+        return orders is None or orders >= {int(order) for order in PanopticUpsampling}
+
+    def host_follows(self, task: Task, feeds: Mapping[str, npt.NDArray[np.generic]]) -> bool:
         """Whether the host head gives this batch's outputs of ``task`` exactly (see ``HostTensors``)."""
-        if task != "panoptic" or self._panoptic_orders is None:
+        if task != "panoptic" or self._follows_every_order():
             return True
-        return bool(np.isin(np.asarray(feeds["panoptic_upsampling"]), list(self._panoptic_orders)).all())
+        orders = list(self._panoptic_orders or ())
+        return bool(np.isin(np.asarray(feeds["panoptic_upsampling"]), orders).all())
 
     def _run_host(
         self, tasks: Sequence[Task], available: Mapping[str, npt.NDArray[np.generic]]
@@ -247,12 +390,19 @@ class OnnxRuntimeBackend:
                 out |= boundary_head.semantic_outputs(next(low), sizes, canvas)
             else:
                 thresholds = (np.asarray(available["score_threshold"]), np.asarray(available["mask_threshold"]))
-                out |= boundary_head.panoptic_outputs(next(low), next(low), sizes, *thresholds, canvas)
+                out |= boundary_panoptic.panoptic_outputs(
+                    next(low),
+                    next(low),
+                    sizes,
+                    *thresholds,
+                    canvas,
+                    mask_logits=np.asarray(available["mask_logits"]),
+                    upsampling=np.asarray(available["panoptic_upsampling"]),
+                    sigmoid=self._sigmoid,
+                )
         return out
 
     def close(self) -> None:
-        self.session = None  # type: ignore[assignment]
-        if self.staged:
-            self._body = None  # type: ignore[assignment]
-            self._heads = {}
-            self._host_low = {}
+        self._sessions = {}
+        self._host_low = {}
+        self._sigmoid = None

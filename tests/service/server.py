@@ -81,12 +81,16 @@ def wait_ready(base_url: str, timeout: float = 120.0) -> None:
 
 @contextlib.contextmanager
 def running_server(
-    bundle: Path, wrap_backend: BackendWrapper | None = None, **overrides: object
+    bundle: Path,
+    wrap_backend: BackendWrapper | None = None,
+    cpu_flags: frozenset[str] | None = None,
+    **overrides: object,
 ) -> Iterator[tuple[str, ServerState]]:
-    """``create_app`` under a real uvicorn in a background thread (signals stay with pytest)."""
+    """``create_app`` under a real uvicorn in a background thread (signals stay with pytest);
+    ``cpu_flags`` stands in for this CPU's /proc/cpuinfo flags."""
     port = free_port()
     settings = Settings(bundle=bundle, host="127.0.0.1", port=port, **overrides)  # type: ignore[arg-type]
-    app = create_app(settings, wrap_backend=wrap_backend)
+    app = create_app(settings, wrap_backend=wrap_backend, cpu_flags=cpu_flags)
     server = uvicorn.Server(uvicorn_config(app, app.state.server, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

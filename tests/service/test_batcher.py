@@ -153,3 +153,23 @@ def test_cancel_and_deadline(bundle: Bundle, backend: OnnxRuntimeBackend) -> Non
         await batcher.close()
 
     asyncio.run(scenario())
+
+
+def test_no_wait_longer_than_a_model_call(bundle: Bundle, backend: OnnxRuntimeBackend) -> None:
+    """A call much faster than max_delay (a GPU's 2 ms against 5 ms) must not make a lone job wait
+    max_delay: waiting longer than a call cannot get anyone an answer sooner."""
+
+    async def scenario() -> list[float]:
+        batcher = _batcher(bundle, RecordingBackend(backend), max_delay_s=1.5)
+        batcher.start()
+        latencies = []
+        for _ in range(3):
+            started = time.monotonic()
+            await batcher.submit(_job())
+            latencies.append(time.monotonic() - started)
+        await batcher.close()
+        return latencies
+
+    first, *later = asyncio.run(scenario())
+    assert first >= 1.5  # no call measured yet at this canvas: the whole window
+    assert all(latency < 0.75 for latency in later), later  # the tiny model's call takes ~10-50 ms

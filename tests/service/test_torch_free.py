@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 
 
 def test_service_imports_no_torch() -> None:
+    # The OpenVINO backend too, where its extra is installed (openvino ships frontends that could).
+    openvino = "import maskserve.service.backends.ov;" if importlib.util.find_spec("openvino") else ""
     code = (
         "import sys, maskserve.service.app, maskserve.service.cli, maskserve.service.backends;"
+        f"{openvino}"
         "import maskserve.cli, maskserve.bundle;"
         "maskserve.cli.build_parser();"
         "bad = [m for m in ('torch', 'transformers', 'scipy') if m in sys.modules];"

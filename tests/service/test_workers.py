@@ -4,7 +4,11 @@ cancelled before it starts never runs."""
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 import threading
+
+import pytest
 
 from maskserve.service.workers import FINISH, START, WorkerPool
 
@@ -62,3 +66,18 @@ def test_a_cancelled_task_never_runs_and_errors_reach_the_caller() -> None:
 
     ran, message = asyncio.run(scenario())
     assert ran == ["after"] and message == "boom"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="niceness is per thread on Linux only")
+def test_worker_threads_run_at_lower_priority_than_the_rest() -> None:
+    async def scenario() -> tuple[int, int]:
+        pool, plain = WorkerPool(2, nice=5), WorkerPool(1)
+        niced = await pool.run(FINISH, os.getpriority, os.PRIO_PROCESS, 0)
+        unchanged = await plain.run(FINISH, os.getpriority, os.PRIO_PROCESS, 0)
+        pool.close()
+        plain.close()
+        return niced, unchanged
+
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    assert asyncio.run(scenario()) == (min(19, base + 5), base)
+    assert os.getpriority(os.PRIO_PROCESS, 0) == base  # the calling thread is left alone

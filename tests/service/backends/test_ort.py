@@ -55,11 +55,14 @@ def test_staged_runs_only_requested_heads(swin_bundle: Path) -> None:
 def test_provider_chain() -> None:
     available = ort.get_available_providers()
     assert provider_chain("auto", available)[-1] == "CPUExecutionProvider"
-    assert provider_chain("auto", ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]) == [
-        "TensorrtExecutionProvider",
+    gpu_build = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert provider_chain("auto", gpu_build, tensorrt_present=True) == gpu_build
+    # onnxruntime-gpu lists the TensorRT EP without TensorRT installed: auto leaves it out then.
+    assert provider_chain("auto", gpu_build, tensorrt_present=False) == [
         "CUDAExecutionProvider",
         "CPUExecutionProvider",
     ]
+    assert provider_chain("tensorrt", gpu_build, tensorrt_present=False)[0] == "TensorrtExecutionProvider"
     assert provider_chain("cuda", ["CUDAExecutionProvider", "CPUExecutionProvider"]) == [
         "CUDAExecutionProvider",
         "CPUExecutionProvider",
@@ -70,26 +73,30 @@ def test_provider_chain() -> None:
 
 @pytest.mark.parametrize("backbone", ["swin", "resnet"])
 def test_host_head_equals_head_sessions_and_fused(bundle_factory, backbone: str) -> None:
-    """The default CPU backend computes semantic/panoptic on the host: bit for bit the head
-    sessions' outputs, and the fused session's (as staged execution is, above)."""
+    """The default CPU backend computes semantic/panoptic on the host, in both panoptic
+    upsampling orders and batches that mix them: bit for bit the head sessions' outputs, and
+    the fused session's (as staged execution is, above)."""
     path = Bundle.load(bundle_factory(backbone)).model_path
     host = OnnxRuntimeBackend(path, max_batch=8, provider="cpu")
     sessions = OnnxRuntimeBackend(path, max_batch=8, provider="cpu", host_head=False)
     fused = OnnxRuntimeBackend(path, max_batch=8, provider="cpu", staged=False)
     assert host.host_tasks == ("panoptic", "semantic") and not sessions.host_head and not fused.host_head
+    assert "panoptic" not in host._heads  # every order runs on the host: no panoptic head session
     everything = list(SERVED_OUTPUTS)
-    probabilities = int(PanopticUpsampling.PROBABILITIES)
+    logits, probabilities = int(PanopticUpsampling.LOGITS), int(PanopticUpsampling.PROBABILITIES)
     for batch, canvas, outputs, order in [
         (1, (128, 128), everything, None),
-        (3, (128, 192), everything, None),  # mixed orders: the panoptic head session
-        (3, (128, 192), everything, probabilities),  # the host's panoptic head
+        (3, (128, 192), everything, None),  # mixed orders
+        (3, (128, 192), everything, logits),
+        (3, (128, 192), everything, probabilities),
         (2, (192, 128), list(TASK_OUTPUTS["semantic"]), None),
-        (2, (128, 192), ["panoptic_map", "panoptic_areas"], probabilities),
+        (2, (128, 192), ["panoptic_map", "panoptic_areas"], logits),
+        (4, (192, 128), list(TASK_OUTPUTS["panoptic"]), None),
     ]:
         feeds = _feeds(batch, canvas, seed=batch + canvas[0])
         if order is not None:
             feeds["panoptic_upsampling"][:] = order
-        assert host._host_follows("panoptic", feeds) == (order == probabilities)
+        assert host._heads.host_follows("panoptic", feeds)
         feeds["image_sizes"] -= np.array([3, 1])  # letterboxed to sizes that are not multiples of 4
         feeds["score_threshold"][0] = 0.0
         a, b, c = host.run(feeds, outputs), sessions.run(feeds, outputs), fused.run(feeds, outputs)
@@ -99,15 +106,18 @@ def test_host_head_equals_head_sessions_and_fused(bundle_factory, backbone: str)
         _assert_as_fused(a, c, outputs)
 
 
-@pytest.mark.parametrize("reason", ["graph", "resize"])
-def test_host_head_falls_back_to_head_sessions(swin_bundle: Path, monkeypatch: pytest.MonkeyPatch, reason: str) -> None:
+@pytest.mark.parametrize("reason", ["graph", "resize", "sigmoid"])
+def test_host_head_falls_back_to_head_sessions(
+    swin_bundle: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, reason: str
+) -> None:
     """A graph the host head does not replicate, or an onnxruntime whose Resize rounds otherwise,
-    keeps the head sessions."""
-    from maskserve.service import bilinear, boundary_head
+    keeps the head sessions; one whose Sigmoid is another kernel keeps the panoptic head session
+    for logits-first images only."""
+    from maskserve.service import bilinear, boundary_head, logistic
 
     if reason == "graph":
         monkeypatch.setattr(boundary_head, "graph_tensors", lambda heads: boundary_head.HostTensors({}))
-    else:
+    elif reason == "resize":
         probe = bilinear.resize_probe
 
         def off_by_one_ulp():  # type: ignore[no-untyped-def]
@@ -115,10 +125,53 @@ def test_host_head_falls_back_to_head_sessions(swin_bundle: Path, monkeypatch: p
             return model, feeds, np.nextafter(expected, np.float32(np.inf))
 
         monkeypatch.setattr(bilinear, "resize_probe", off_by_one_ulp)
+    else:
+        monkeypatch.setattr(logistic, "follows_onnxruntime", lambda session: False)
     path = Bundle.load(swin_bundle).model_path
-    backend = OnnxRuntimeBackend(path, max_batch=8, provider="cpu")
-    assert backend.staged and not backend.host_head
+    with caplog.at_level("WARNING", logger="maskserve"):
+        backend = OnnxRuntimeBackend(path, max_batch=8, provider="cpu")
+    assert backend.staged and backend.host_head == (reason == "sigmoid")
+    assert caplog.records, "the fallback is logged"
     outputs = [*TASK_OUTPUTS["semantic"], *TASK_OUTPUTS["panoptic"]]
-    feeds = _feeds(2, (128, 128), seed=0)
+    feeds = _feeds(2, (128, 128), seed=0)  # one image per order
+    if reason == "sigmoid":
+        assert not backend._heads.host_follows("panoptic", feeds)
+        probabilities = {**feeds, "panoptic_upsampling": np.full(2, PanopticUpsampling.PROBABILITIES, np.int32)}
+        assert backend._heads.host_follows("panoptic", probabilities)
     expected = OnnxRuntimeBackend(path, max_batch=8, provider="cpu", staged=False).run(feeds, outputs)
     _assert_as_fused(backend.run(feeds, outputs), expected, outputs)
+
+
+def test_a_pinned_accelerator_never_runs_on_the_cpu(swin_bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ONNX Runtime creates a CPU session when the CUDA EP cannot be created (onnxruntime-gpu
+    without its CUDA libraries does that, as a CPU build asked for CUDA does here): pinned, that
+    is an error; with auto a warning, and the CPU session."""
+    import maskserve.service.backends.ort as module
+
+    monkeypatch.setattr(
+        module.ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    )
+    monkeypatch.setattr(module, "_preload_cuda_libraries", lambda: None)
+    path = Bundle.load(swin_bundle).model_path
+    with pytest.raises(BackendError, match="could not create CUDAExecutionProvider and fell back"):
+        OnnxRuntimeBackend(path, max_batch=8, provider="cuda")
+    assert OnnxRuntimeBackend(path, max_batch=8, provider="auto").provider == "CPUExecutionProvider"
+
+
+def test_cuda_libraries_are_found_beside_another_site(tmp_path: Path) -> None:
+    """onnxruntime-gpu installed with --target while the CUDA 13 wheels live in the system
+    site-packages (as on a machine whose torch brought them): preload_dlls must be pointed there."""
+    from maskserve.service.backends.ort import nvidia_library_dirs
+
+    target, system = tmp_path / "target", tmp_path / "system"
+    (target / "onnxruntime").mkdir(parents=True)
+    for folder in ("cu13/lib", "cudnn/lib"):
+        (system / "nvidia" / folder).mkdir(parents=True)
+    search = [str(target), str(tmp_path / "elsewhere"), str(system)]
+    assert nvidia_library_dirs(target / "onnxruntime", search, "13") == [
+        system / "nvidia/cu13/lib",
+        system / "nvidia/cudnn/lib",
+    ]
+    (target / "nvidia").mkdir()  # the layout pip install 'maskserve[gpu]' makes: ORT's own search
+    assert nvidia_library_dirs(target / "onnxruntime", search, "13") is None
+    assert nvidia_library_dirs(tmp_path / "x" / "onnxruntime", search, "12") is None

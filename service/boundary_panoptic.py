@@ -1,0 +1,231 @@
+"""The panoptic head on the host, at full resolution only where a decision can change.
+
+``fused_head.panoptic_reduction`` brings each query's mask to the canvas in one of two orders
+(``maskserve.bundle.PanopticUpsampling``, per image): bilinear on the probabilities
+(``PROBABILITIES``, transformers), or bilinear on the logits and then ONNX Runtime's Sigmoid
+(``LOGITS``, MaskFormer and Mask2Former). It then takes the score-weighted argmax over the kept
+queries, tests the winner's probability against the mask threshold and counts four areas. Both
+orders are decided cell by cell with ``maskserve.service.boundary_head.Maps``' bounds:
+
+* probabilities: each pixel is a convex combination of the cell's corners, so where the four
+  corners agree on the winner by more than ``MARGIN``, so does every pixel between them (the
+  weighted values are linear in the corners too);
+* logits: ``Sigmoid(upsampled logit) * score`` is not linear in the corners (a query can win at
+  all four and lose between them), so a cell's winner is decided only when its lower bound over
+  the cell beats every other kept query's upper bound by ``MARGIN``. The bounds are the Sigmoid of
+  the corners' logit range, widened by the rounding of the interpolation and by the kernel's
+  departure from monotonicity (``maskserve.service.logistic.DROP``).
+
+Threshold tests are decided the same way (the bounds above or below the threshold by
+``MARGIN``). Other cells are computed per pixel with ONNX Runtime's bilinear arithmetic and its
+own Sigmoid kernel, so the outputs equal the head session's bit for bit.
+
+Shapes: ``Q`` queries, ``K`` labels (``K+1`` with no-object), ``h x w`` mask resolution,
+``H x W`` canvas; ``image_size`` is the valid ``(height, width)`` at the canvas's top-left.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import numpy.typing as npt
+
+from maskserve.bundle import PanopticUpsampling
+from maskserve.service import boundary_head
+from maskserve.service.bilinear import Grid
+from maskserve.service.boundary_head import MARGIN, Maps
+
+F32 = npt.NDArray[np.float32]
+Index = npt.NDArray[np.intp]
+
+
+def _threshold_bounds(threshold: np.float32) -> tuple[np.float32, np.float32]:
+    """Bounds above the first (below the second) decide >= (<) threshold at every pixel they bound."""
+    # Rounding the bounds to float32 moves them by at most 2u, inside MARGIN's slack.
+    return np.float32(float(threshold) + float(MARGIN)), np.float32(float(threshold) - float(MARGIN))
+
+
+def _mask_areas(grid: Grid, masks: Maps, scores: F32, threshold: np.float32) -> npt.NDArray[np.int64]:
+    """``(Q, 2)``: valid pixels where the upsampled ``masks``, and they times ``scores``, reach threshold."""
+    # A map far below (or above) the threshold everywhere is settled by its extremes, since every
+    # pixel is bounded by them: typical of the no-object queries.
+    upper, lower = _threshold_bounds(threshold)
+    smallest, largest = masks.extremes()
+    counts = np.zeros((len(scores), 2), np.int64)
+    settled = np.ones(len(scores), bool)
+    for column, (low, high) in enumerate(((smallest, largest), (smallest * scores, largest * scores))):
+        counts[:, column] = np.where(low > upper, int(grid.valid.sum()), 0)
+        settled &= (low > upper) | (high < lower)
+    active = np.flatnonzero(~settled)
+    if len(active):
+        counts[active] = _mask_areas_by_cell(grid, masks.take(active), scores[active], threshold)
+    return counts
+
+
+def _mask_areas_by_cell(grid: Grid, masks: Maps, scores: F32, threshold: np.float32) -> npt.NDArray[np.int64]:
+    """As ``_mask_areas``, deciding cell by cell."""
+    num_queries = len(scores)
+    low_min, low_max = masks.cell_range(grid)  # (Q, rows, cols)
+    upper, lower = _threshold_bounds(threshold)
+    valid = grid.valid.ravel().astype(np.float32)
+    inside = grid.valid > 0
+    counts = np.zeros((num_queries, 2), np.int64)
+    undecided = np.zeros(low_min.shape, np.uint8)  # bit c: column c is undecided in the cell
+    # Rounding is monotonic, so a bound times the score bounds the weighted values (scores >= 0).
+    weighted = (low_min * scores[:, None, None], low_max * scores[:, None, None])
+    for column, (smallest, largest) in enumerate(((low_min, low_max), weighted)):
+        above = smallest > upper
+        below = largest < lower
+        # float32 sums of pixel counts: exact below 2**24 (a 4096 x 4096 canvas).
+        counts[:, column] = above.reshape(num_queries, -1).astype(np.float32) @ valid
+        undecided |= (~(above | below) & inside).view(np.uint8) << column
+    # A query left mostly undecided (noise input) is cheaper to upsample whole.
+    share = np.count_nonzero(undecided.reshape(num_queries, -1), axis=1) * grid.max_cell_pixels()
+    dense = np.flatnonzero(share > boundary_head.DENSE_SHARE * valid.sum())
+    for first in range(0, len(dense), 8):
+        queries = dense[first : first + 8]
+        value = masks.take(queries).upsample(grid)
+        counts[queries, 0] = (value >= threshold).sum(axis=(1, 2))
+        counts[queries, 1] = (value * scores[queries, None, None] >= threshold).sum(axis=(1, 2))
+    undecided[dense] = 0
+    query, rows, cols = np.nonzero(undecided)
+    flags = undecided[query, rows, cols]
+    per_step = max(1, boundary_head.CHUNK // grid.max_cell_pixels())
+    for first in range(0, len(query), per_step):
+        part = slice(first, first + per_step)
+        owner, y, x = grid.pixels(rows[part], cols[part])
+        channel, flag = query[part][owner], flags[part][owner]
+        value = masks.at(grid, y, x, channel)
+        for column, reached in enumerate((value >= threshold, value * scores[channel] >= threshold)):
+            counts[:, column] += np.bincount(channel[reached & (flag & (1 << column) > 0)], minlength=num_queries)
+    return counts
+
+
+def _corner_winners(grid: Grid, masks: Maps, scores: F32, threshold: np.float32) -> tuple[Index, F32]:
+    """Probabilities order, per cell ``(rows, cols)``: the winner (an index into ``masks``) of its
+    corners, and ``_state``: whether the corners decide it, and its threshold test, for every pixel."""
+    index, _, gap = boundary_head.top_two(masks.low * scores[:, None, None])
+    winner_prob = np.take_along_axis(masks.low, index[None], axis=0)[0]
+    winners, gaps, probs = grid.corners(index), grid.corners(gap), grid.corners(winner_prob)
+    prob_min = np.minimum(np.minimum(probs[0], probs[1]), np.minimum(probs[2], probs[3]))
+    prob_max = np.maximum(np.maximum(probs[0], probs[1]), np.maximum(probs[2], probs[3]))
+    smallest_gap = np.minimum(np.minimum(gaps[0], gaps[1]), np.minimum(gaps[2], gaps[3]))
+    decided = boundary_head.all_equal(*winners) & (smallest_gap > MARGIN)
+    return winners[0], _state(decided, prob_min, prob_max, threshold)
+
+
+def _bound_winners(grid: Grid, masks: Maps, scores: F32, threshold: np.float32) -> tuple[Index, F32]:
+    """Logits order, per cell: as ``_corner_winners``, from the maps' bounds over each cell."""
+    low, high = masks.cell_range(grid)  # (n, rows, cols)
+    weighted_low, weighted_high = low * scores[:, None, None], high * scores[:, None, None]
+    winner, winner_low, _ = boundary_head.best_two(weighted_low)
+    top, top_high, second_high = boundary_head.best_two(weighted_high)
+    # The highest upper bound among the other queries (-inf when there is none).
+    others_high = np.where(top == winner, second_high, top_high)
+    decided = winner_low - others_high > MARGIN
+    prob_min = np.take_along_axis(low, winner[None], axis=0)[0]
+    prob_max = np.take_along_axis(high, winner[None], axis=0)[0]
+    return winner, _state(decided, prob_min, prob_max, threshold)
+
+
+def _state(decided: npt.NDArray[np.bool_], prob_min: F32, prob_max: F32, threshold: np.float32) -> F32:
+    """1 where the winner is decided and on, -1 decided and off, 0 undecided."""
+    on = decided & (prob_min - threshold > MARGIN)
+    off = decided & (threshold - prob_max > MARGIN)
+    return on.astype(np.float32) - off.astype(np.float32)
+
+
+def _panoptic_inside(grid: Grid, masks: Maps, scores: F32, kept: Index, threshold: np.float32) -> npt.NDArray[np.int32]:
+    """``(valid_h, valid_w)`` int32: ``q`` where kept query ``q`` wins and is on, ``q + Q`` where it is off."""
+    num_queries = len(scores)
+    kept_masks, kept_scores = masks.take(kept), scores[kept]
+    decide = _bound_winners if masks.sigmoid is not None else _corner_winners
+    local, state = decide(grid, kept_masks, kept_scores, threshold)
+    inside = grid.expand((kept[local] + num_queries * (state < 0)).astype(np.int32))
+    rows, cols = np.nonzero((state == 0) & (grid.valid > 0))
+    y, x, winner, prob = boundary_head.argmax_pixels(grid, kept_masks, kept_scores, rows, cols)
+    inside[y, x] = kept[winner] + num_queries * (prob < threshold)
+    return inside
+
+
+def panoptic(
+    class_probs: F32,
+    masks: F32,
+    image_size: tuple[int, int],
+    canvas: tuple[int, int],
+    score_threshold: float,
+    mask_threshold: float,
+    sigmoid: Callable[[F32], F32] | None = None,
+) -> dict[str, npt.NDArray[np.generic]]:
+    """``fused_head.panoptic_reduction`` for one image, from ``class_probs (Q, K+1)`` and ``masks (Q, h, w)``.
+
+    ``masks`` is what the graph's Resize upsamples: ``mask_probs`` in the ``PROBABILITIES``
+    order, or ``mask_logits`` in the ``LOGITS`` order, with ``sigmoid`` (ONNX Runtime's Sigmoid,
+    ``maskserve.service.logistic.Sigmoid``) applied after upsampling.
+
+    Returns ``panoptic_map (H, W)`` int32, ``query_labels (Q,)`` int32, ``query_scores (Q,)``
+    float32 and ``panoptic_areas (Q, 4)`` int32 in ``maskserve.bundle.PANOPTIC_AREA_COLUMNS``
+    order, all counted on valid pixels only.
+    """
+    num_queries, num_classes_plus_one = class_probs.shape
+    scores = class_probs.max(axis=-1)
+    labels = class_probs.argmax(axis=-1)
+    keep = (labels != num_classes_plus_one - 1) & (scores > np.float32(score_threshold))
+    threshold = np.float32(mask_threshold)
+    maps = Maps(masks, sigmoid)
+    grid = Grid((masks.shape[1], masks.shape[2]), canvas, image_size)
+    areas = np.zeros((num_queries, 4), np.int64)
+    areas[:, 2:] = _mask_areas(grid, maps, scores, threshold)
+    panoptic_map = np.full(canvas, -1, np.int32)
+    valid_h, valid_w = grid.valid_hw
+    if keep.any() and valid_h > 0 and valid_w > 0:
+        inside = _panoptic_inside(grid, maps, scores, np.flatnonzero(keep), threshold)
+        panoptic_map[:valid_h, :valid_w] = inside
+        counts = np.bincount(inside.ravel(), minlength=2 * num_queries)
+        areas[:, 0] = counts[:num_queries] + counts[num_queries:]
+        areas[:, 1] = counts[:num_queries]
+    return {
+        "panoptic_map": panoptic_map,
+        "query_labels": labels.astype(np.int32),
+        "query_scores": scores,
+        "panoptic_areas": areas.astype(np.int32),
+    }
+
+
+def panoptic_outputs(
+    class_probs: F32,
+    mask_probs: F32,
+    image_sizes: npt.NDArray[np.integer],
+    score_threshold: F32,
+    mask_threshold: F32,
+    canvas: tuple[int, int],
+    mask_logits: F32 | None = None,
+    upsampling: npt.NDArray[np.integer] | None = None,
+    sigmoid: Callable[[F32], F32] | None = None,
+) -> dict[str, npt.NDArray[np.generic]]:
+    """The graph's four panoptic outputs from ``(B, Q, K+1)``, ``(B, Q, h, w)``, ``(B, 2)``, ``(B,)``, ``(B,)``.
+
+    ``upsampling`` ``(B,)`` is the graph input ``panoptic_upsampling`` (None: probabilities for
+    every image). As the graph's ``Equal``, an image takes the logits order where it is
+    ``LOGITS`` and the probabilities order otherwise; the logits order needs ``mask_logits``
+    ``(B, Q, h, w)`` and ``sigmoid``.
+    """
+    logits_first = np.zeros(len(class_probs), bool) if upsampling is None else upsampling == PanopticUpsampling.LOGITS
+    if logits_first.any() and (mask_logits is None or sigmoid is None):
+        raise ValueError("the LOGITS order needs mask_logits and ONNX Runtime's sigmoid")
+    per_image = []
+    for i in range(len(class_probs)):
+        logits = bool(logits_first[i])
+        per_image.append(
+            panoptic(
+                class_probs[i],
+                mask_logits[i] if logits and mask_logits is not None else mask_probs[i],
+                (int(image_sizes[i, 0]), int(image_sizes[i, 1])),
+                canvas,
+                float(score_threshold[i]),
+                float(mask_threshold[i]),
+                sigmoid if logits else None,
+            )
+        )
+    return {name: np.stack([item[name] for item in per_image]) for name in per_image[0]}
