@@ -39,6 +39,7 @@ from bench.model_level import (
     canvas_for,
     measure,
     served_task,
+    warm_up,
 )
 from bench.report import ModelSection, Report, RunnerInfo, ServiceSection
 from bench.service_level import bare_throughput, default_rule, load, server
@@ -95,6 +96,19 @@ def _runners(
     return runners, not_run
 
 
+def _answers(runner: MaskserveRunner) -> str:
+    """What the export measured of a reduced-precision bundle against FP32 (bundle.json's
+    ``accuracy``, precision contract), in a few words; empty for FP32 and older bundles."""
+    accuracy = getattr(runner.bundle.manifest, "accuracy", None)
+    if accuracy is None:
+        return ""
+    return (
+        f"against fp32 on {accuracy.images} {accuracy.source} in {accuracy.runtime}: semantic pixel agreement "
+        f"{accuracy.semantic_pixel_agreement.mean:.1%}, panoptic segment IoU {accuracy.panoptic_segment_iou.mean:.2f} "
+        "(means)"
+    )
+
+
 def _workload(model: BenchModel, runner: MaskserveRunner, params: dict[str, float]) -> str:
     """What the model keeps on ``WORKLOAD_IMAGES`` scenes at its square canvas: the line the
     report shows above its tables (and the CI test reads)."""
@@ -129,7 +143,7 @@ def _model_section(model: BenchModel, variants: list[Variant], args: argparse.Na
     runners, not_run = _runners(model, variants, canvases, params)
     section = ModelSection(name=model.name, canvas_side=model.side, not_run=not_run)
     section.runners[baseline.name] = RunnerInfo("fp32", "PyTorch eager")
-    section.runners |= {r.name: RunnerInfo(r.compute, r.provider) for r in runners}
+    section.runners |= {r.name: RunnerInfo(r.compute, r.provider, _answers(r)) for r in runners}
     for size in sizes:
         section.canvases[size] = canvas_for(size, model.side)
     section.gflops = {canvas: body_gflops(baseline.model, canvas) for canvas in canvases}
@@ -146,7 +160,17 @@ def _model_section(model: BenchModel, variants: list[Variant], args: argparse.Na
             served = [served_task(default_rule())] if "panoptic" in args.tasks and default_rule() != RULE else []
             for task in [*args.tasks, *(served if batch == 1 else [])]:
                 who = everyone if task in TASKS else runners
-                for name, timing in measure(who, images, task, repeats).items():
+                # A runtime that cannot compile or run this graph here is dropped, with its reason.
+                for name, why in warm_up(who, images, task).items():
+                    if name == baseline.name:
+                        raise RuntimeError(f"the transformers baseline failed: {why}")
+                    section.not_run[name] = f"failed at {size[0]}x{size[1]} batch {batch}, {task}: {why}"
+                    print(f"  {name}: dropped ({section.not_run[name]})", file=sys.stderr)
+                    dropped = next(runner for runner in runners if runner.name == name)
+                    runners.remove(dropped)
+                    everyone.remove(dropped)
+                    dropped.close()
+                for name, timing in measure(who, images, task, repeats, warm=True).items():
                     section.add(name, task, size, batch, timing)
                     print(
                         f"  {model.name[:24]} {name:<28} {task:<19} {size[0]}x{size[1]} b{batch}: "

@@ -280,11 +280,29 @@ def _rotated(items: Sequence[Any], shift: int) -> list[Any]:
     return [*items[shift:], *items[:shift]]
 
 
-def measure(runners: Sequence[Runner], images: list[Image.Image], task: str, repeats: int) -> dict[str, Timing]:
-    """Each runner ``repeats`` times on the same batch, alternating (the order rotates every
-    repeat), after one warm-up call each."""
+def warm_up(runners: Sequence[Runner], images: list[Image.Image], task: str) -> dict[str, str]:
+    """One call each (first-run allocation, kernel selection, OpenVINO's compilation for the
+    shape); returns why each runner that failed did, in one line."""
+    failed = {}
     for runner in runners:
-        runner.run(images, task)
+        try:
+            runner.run(images, task)
+        except Exception as exc:  # a runtime that cannot compile or run this graph: reported, not fatal
+            # The backends keep one line; the runtime's own message is in the cause.
+            text = f"{exc}\n{exc.__cause__}" if exc.__cause__ is not None else str(exc)
+            lines = [line.strip() for line in text.splitlines() if line.strip()]
+            failed[runner.name] = f"{type(exc).__name__}: {' / '.join(dict.fromkeys(lines))}"[:500]
+    return failed
+
+
+def measure(
+    runners: Sequence[Runner], images: list[Image.Image], task: str, repeats: int, warm: bool = False
+) -> dict[str, Timing]:
+    """Each runner ``repeats`` times on the same batch, alternating (the order rotates every
+    repeat), after ``warm_up`` unless the caller did it (``warm``)."""
+    failed = {} if warm else warm_up(runners, images, task)
+    if failed:
+        raise RuntimeError(f"runners failed their warm-up: {failed}")
     timings = {runner.name: Timing() for runner in runners}
     for repeat in range(repeats):
         for runner in _rotated(runners, repeat):

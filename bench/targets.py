@@ -122,6 +122,7 @@ def _reduced_row(main: ModelSection, demo: ModelSection | None, reduced: list[st
         drop = accuracy_drop(demo, runner)
         accurate = drop is not None and max(drop) <= MAX_ACCURACY_DROP
         candidates.append((not accurate, worst, runner, drop))
+    candidates = [c for c in candidates if not math.isnan(c[1])] or candidates  # not run: left out
     candidates.sort(key=lambda c: (c[0], c[1]))
     inaccurate, worst, runner, drop = candidates[0]
     if drop is not None:
@@ -130,6 +131,6 @@ def _reduced_row(main: ModelSection, demo: ModelSection | None, reduced: list[st
         accuracy = f"not run on the demo model ({demo.not_run[runner]})"
     else:
         accuracy = "not measured on the demo model"
-    others = ", ".join(f"`{c[2]}` {c[1]:.2f}" for c in candidates[1:])
+    others = ", ".join(f"`{c[2]}` {c[1]:.2f}" for c in candidates[1:] if not math.isnan(c[1]))
     text = f"`{runner}`: {worst:.2f} (worst task); {accuracy}" + (f" (others: {others})" if others else "")
     return label, text, _met(not inaccurate and worst <= REDUCED_END_TO_END)

@@ -123,11 +123,13 @@ def test_bench_quick_reports_an_honest_workload(tmp_path: Path, trained_like: tu
     # Every timing has its kept segments; both sides of the comparison keep the same ones.
     rows = [line.split(" | ") for line in text.splitlines() if re.match(r"\| 96x128 \| [12] \| ", line)]
     kept = {(row[1], row[2], row[3]): float(row[4]) for row in rows}
-    assert {runner for _, _, runner in kept} == {"transformers", "maskserve ort fp32"}, sorted(kept)
+    # The given FP32 bundle runs on every runtime here (OpenVINO too where it is installed).
+    assert {"transformers", "maskserve ort fp32"} <= {runner for _, _, runner in kept}, sorted(kept)
     assert ("1", "panoptic/maskformer", "maskserve ort fp32") in kept  # the server's default rule too
     for (batch, task, runner), value in kept.items():
-        if "/" not in task:  # the same rule on both sides: the same segments
-            assert value == kept[(batch, task, "transformers")], (batch, task, runner, value)
+        if "/" not in task:  # the same rule on both sides: the same segments (ONNX Runtime's)
+            allowed = 0 if runner == "maskserve ort fp32" else 1  # another runtime's rounding
+            assert abs(value - kept[(batch, task, "transformers")]) <= allowed, (batch, task, runner, value)
         if task == "instance":
             assert KEPT[0] <= value <= KEPT[1], (batch, task, runner, value)
 
