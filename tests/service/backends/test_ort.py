@@ -81,7 +81,7 @@ def test_host_head_equals_head_sessions_and_fused(bundle_factory, backbone: str)
     sessions = OnnxRuntimeBackend(path, max_batch=8, provider="cpu", host_head=False)
     fused = OnnxRuntimeBackend(path, max_batch=8, provider="cpu", staged=False)
     assert host.host_tasks == ("panoptic", "semantic") and not sessions.host_head and not fused.host_head
-    assert "panoptic" not in host._heads  # every order runs on the host: no panoptic head session
+    assert "panoptic" not in host._heads._sessions  # every order runs on the host: no panoptic head session
     everything = list(SERVED_OUTPUTS)
     logits, probabilities = int(PanopticUpsampling.LOGITS), int(PanopticUpsampling.PROBABILITIES)
     for batch, canvas, outputs, order in [
