@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import io
 import statistics
 import tempfile
@@ -237,6 +238,12 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: all cores)")
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument(
+        "--body",
+        type=Path,
+        help="a bundle's model.onnx: also time its body (graph inputs to raw logits) at this canvas, "
+        "interleaved with the host heads, and print each host head's share of body + head",
+    )
     args = parser.parse_args()
     num_queries, num_labels = args.queries, args.labels
     if args.bundle is not None:
@@ -273,12 +280,49 @@ def main() -> None:
             "class_logits": class_logits,
             "mask_logits": mask_logits,
         }
+        if name == "trained-like":
+            trained_feeds = feeds
         for task, order, ort_best, ort_median, host_best, host_median, equal in _rows(heads, feeds, args.repeats):
             ratios = f"{ort_best / host_best:5.2f}x ({ort_median / host_median:5.2f}x)"
             print(
                 f"{name:>12} {task:>8} {order:>13} | {ort_best:6.1f} ({ort_median:6.1f}) | "
                 f"{host_best:6.1f} ({host_median:6.1f}) | {ratios:>22} | {equal}"
             )
+
+    if args.body is not None:
+        _body_share(args.body, heads, trained_feeds, args.threads, args.repeats)
+
+
+def _body_share(path: Path, heads: Heads, feeds: dict[str, np.ndarray], threads: int, repeats: int) -> None:
+    """Time the body of ``path`` and the host heads on ``feeds`` (trained-like), interleaved."""
+    model = onnx.load(str(path))
+    inputs = [name for name in INPUTS if name in {i.name for i in model.graph.input}]
+    body = onnx.utils.Extractor(model).extract_model(inputs, list(RAW_OUTPUTS))
+    del model
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = ort.InferenceSession(body.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    del body
+    batch = len(feeds["class_logits"])
+    image = np.random.default_rng(1).normal(0, 1, feeds["pixel_values"].shape).astype(np.float32)
+    body_feeds = {name: image if name == "pixel_values" else feeds[name] for name in inputs}
+    cases = {"semantic": feeds}
+    for order in PanopticUpsampling:
+        cases[f"panoptic {order.name.lower()}"] = {**feeds, "panoptic_upsampling": np.full(batch, order, np.int32)}
+    runs: dict[str, Callable[[], object]] = {"body": lambda: session.run(list(RAW_OUTPUTS), body_feeds)}
+    for name, case in cases.items():
+        runs[name] = functools.partial(heads.host, case, name.split()[0])
+    ms = _interleaved_ms(runs, repeats)
+    body_best, body_median = (value / batch for value in ms.pop("body"))
+    print(f"body of {path}: {body_best:.0f} ms per image (median {body_median:.0f}); host head share of body + head:")
+    for name, (best, median) in ms.items():
+        best, median = best / batch, median / batch
+        print(
+            f"  {name:>22}: {best:5.1f} ms (median {median:5.1f}), {100 * best / (body_best + best):4.1f}% "
+            f"({100 * median / (body_median + median):4.1f}% median)"
+        )
 
 
 if __name__ == "__main__":
