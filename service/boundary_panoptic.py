@@ -100,6 +100,12 @@ def _mask_areas_by_cell(grid: Grid, masks: Maps, scores: F32, threshold: np.floa
     for column in range(2):
         counts[:, column] = ((facts >> 2 * column) & 1).reshape(num_queries, -1) @ block_valid.ravel()
     unsettled = _open(facts) * (block_valid > 0).view(np.uint8)
+    # A query whose blocks are mostly unsettled (noise input) is upsampled whole at once (at 4x
+    # DENSE_SHARE of the pixels in unsettled blocks: those blocks' cells may still settle).
+    total = int(grid.valid.sum())
+    unsettled_pixels = (unsettled > 0).reshape(num_queries, -1) @ block_valid.ravel()
+    early = np.flatnonzero(unsettled_pixels > 4 * boundary_head.DENSE_SHARE * total)
+    unsettled[early] = 0
     query, block_row, block_col = np.nonzero(unsettled)
     # The cells of the unsettled blocks, with the columns their block left open.
     offsets = np.arange(BLOCK)
@@ -117,7 +123,7 @@ def _mask_areas_by_cell(grid: Grid, masks: Maps, scores: F32, threshold: np.floa
     flags = (_open(facts) & flags) * (cell_valid > 0).view(np.uint8)
     # A query left mostly undecided (noise input) is cheaper to upsample whole.
     share = np.bincount(query, weights=cell_valid * (flags > 0), minlength=num_queries)
-    dense = np.flatnonzero(share > boundary_head.DENSE_SHARE * grid.valid.sum())
+    dense = np.union1d(early, np.flatnonzero(share > boundary_head.DENSE_SHARE * total))
     for first in range(0, len(dense), 8):
         queries = dense[first : first + 8]
         value = masks.take(queries).upsample(grid)
