@@ -6,7 +6,29 @@ the semantic and the panoptic head sessions extracted from the graph; the host r
 ``maskserve.service.boundary_head``. The head graph is exported alone from
 ``model/fused_head.py`` at the given query and label counts (the body does not change the
 head), or taken from a bundle with ``--bundle``. Prints milliseconds per image (best and
-median of interleaved runs) and the ratio; not a unit test.
+median of interleaved runs) and the ratio, for the semantic head and the panoptic head in both
+upsampling orders (``PanopticUpsampling``: the ``LOGITS`` order runs ONNX Runtime's Sigmoid
+after the upsampling), and checks that the outputs are equal; not a unit test. With ``--body``,
+also the host heads' share of a request (body + head).
+
+Measured at c352a75 (Q=100, K=150, 512x512, batch 1, ONNX Runtime 1.32, the project's 2-core
+machine while other work kept its load average at 7-9: absolute times are 3-5x a quiet
+machine's, the interleaved ratios are what to read), best (median) ms per image:
+
+    input         head      order          ORT head        host head    ORT / host
+    trained-like  semantic  -              728.7 (812.1)    50.0 (68.6)  14.6x (11.8x)
+    trained-like  panoptic  logits         790.0 (937.8)    74.1 (92.1)  10.7x (10.2x)
+    trained-like  panoptic  probabilities  798.6 (967.2)    73.1 (97.2)  10.9x (10.0x)
+    noise         semantic  -              799.1 (868.5)   566.5 (607.5)  1.4x (1.4x)
+    noise         panoptic  logits         875.0 (1036.8)  783.7 (895.6)  1.1x (1.2x)
+    noise         panoptic  probabilities  885.4 (1012.1)  709.3 (793.6)  1.2x (1.3x)
+
+At ``--batch 4`` (per image): trained-like 15.2x semantic, 10.4x / 10.7x panoptic (logits /
+probabilities); noise 1.4x, 1.2x / 1.3x. Share of a request, with ``--body`` on a Swin-T/ADE
+bundle's model.onnx (body 3.3-3.8 s per image under that load, 0.7 s quiet): semantic 1.6%
+(batch 4: 1.5%), panoptic logits order 2.1% (2.0%), probabilities order 1.9% (1.8%).
+Before the logits order was served (5fec8aa), every ``maskformer``/``mask2former`` panoptic
+batch ran ORT's panoptic head session, about 20% of such a request.
 """
 
 from __future__ import annotations
