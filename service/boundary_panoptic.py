@@ -38,6 +38,7 @@ from maskserve.service.boundary_head import MARGIN, Maps
 
 F32 = npt.NDArray[np.float32]
 Index = npt.NDArray[np.intp]
+I8 = npt.NDArray[np.int8]
 
 
 def _threshold_bounds(threshold: np.float32) -> tuple[np.float32, np.float32]:
@@ -144,7 +145,7 @@ def _mask_areas_by_cell(grid: Grid, masks: Maps, scores: F32, threshold: np.floa
     return counts
 
 
-def _corner_winners(grid: Grid, masks: Maps, scores: F32, threshold: np.float32) -> tuple[Index, F32]:
+def _corner_winners(grid: Grid, masks: Maps, scores: F32, threshold: np.float32) -> tuple[Index, I8]:
     """Probabilities order, per cell ``(rows, cols)``: the winner (an index into ``masks``) of its
     corners, and ``_state``: whether the corners decide it, and its threshold test, for every pixel."""
     index, _, gap = boundary_head.top_two(masks.low * scores[:, None, None])
@@ -157,7 +158,7 @@ def _corner_winners(grid: Grid, masks: Maps, scores: F32, threshold: np.float32)
     return winners[0], _state(decided, prob_min, prob_max, threshold)
 
 
-def _bound_winners(grid: Grid, masks: Maps, scores: F32, threshold: np.float32) -> tuple[Index, F32]:
+def _bound_winners(grid: Grid, masks: Maps, scores: F32, threshold: np.float32) -> tuple[Index, I8]:
     """Logits order, per cell: as ``_corner_winners``, from the maps' bounds over each cell."""
     low, high = masks.cell_range(grid)  # (n, rows, cols)
     weighted_low, weighted_high = low * scores[:, None, None], high * scores[:, None, None]
@@ -171,11 +172,12 @@ def _bound_winners(grid: Grid, masks: Maps, scores: F32, threshold: np.float32) 
     return winner, _state(decided, prob_min, prob_max, threshold)
 
 
-def _state(decided: npt.NDArray[np.bool_], prob_min: F32, prob_max: F32, threshold: np.float32) -> F32:
+def _state(decided: npt.NDArray[np.bool_], prob_min: F32, prob_max: F32, threshold: np.float32) -> I8:
     """1 where the winner is decided and on, -1 decided and off, 0 undecided."""
     on = decided & (prob_min - threshold > MARGIN)
     off = decided & (threshold - prob_max > MARGIN)
-    return on.astype(np.float32) - off.astype(np.float32)
+    state: I8 = on.astype(np.int8) - off.astype(np.int8)
+    return state
 
 
 def _panoptic_inside(grid: Grid, masks: Maps, scores: F32, kept: Index, threshold: np.float32) -> npt.NDArray[np.int32]:
