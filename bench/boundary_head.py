@@ -6,13 +6,36 @@ the semantic and the panoptic head sessions extracted from the graph; the host r
 ``maskserve.service.boundary_head``. The head graph is exported alone from
 ``model/fused_head.py`` at the given query and label counts (the body does not change the
 head), or taken from a bundle with ``--bundle``. Prints milliseconds per image (best and
-median of interleaved runs) and the ratio; not a unit test.
+median of interleaved runs) and the ratio, for the semantic head and the panoptic head in both
+upsampling orders (``PanopticUpsampling``: the ``LOGITS`` order runs ONNX Runtime's Sigmoid
+after the upsampling), and checks that the outputs are equal; not a unit test. With ``--body``,
+also the host heads' share of a request (body + head).
+
+Measured at c352a75 (Q=100, K=150, 512x512, batch 1, ONNX Runtime 1.32, the project's 2-core
+machine while other work kept its load average at 7-9: absolute times are 3-5x a quiet
+machine's, the interleaved ratios are what to read), best (median) ms per image:
+
+    input         head      order          ORT head        host head    ORT / host
+    trained-like  semantic  -              728.7 (812.1)    50.0 (68.6)  14.6x (11.8x)
+    trained-like  panoptic  logits         790.0 (937.8)    74.1 (92.1)  10.7x (10.2x)
+    trained-like  panoptic  probabilities  798.6 (967.2)    73.1 (97.2)  10.9x (10.0x)
+    noise         semantic  -              799.1 (868.5)   566.5 (607.5)  1.4x (1.4x)
+    noise         panoptic  logits         875.0 (1036.8)  783.7 (895.6)  1.1x (1.2x)
+    noise         panoptic  probabilities  885.4 (1012.1)  709.3 (793.6)  1.2x (1.3x)
+
+At ``--batch 4`` (per image): trained-like 15.2x semantic, 10.4x / 10.7x panoptic (logits /
+probabilities); noise 1.4x, 1.2x / 1.3x. Share of a request, with ``--body`` on a Swin-T/ADE
+bundle's model.onnx (body 3.3-3.8 s per image under that load, 0.7 s quiet): semantic 1.6%
+(batch 4: 1.5%), panoptic logits order 2.1% (2.0%), probabilities order 1.9% (1.8%).
+Before the logits order was served (5fec8aa), every ``maskformer``/``mask2former`` panoptic
+batch ran ORT's panoptic head session, about 20% of such a request.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import io
 import statistics
 import tempfile
@@ -237,6 +260,12 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: all cores)")
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument(
+        "--body",
+        type=Path,
+        help="a bundle's model.onnx: also time its body (graph inputs to raw logits) at this canvas, "
+        "interleaved with the host heads, and print each host head's share of body + head",
+    )
     args = parser.parse_args()
     num_queries, num_labels = args.queries, args.labels
     if args.bundle is not None:
@@ -273,12 +302,49 @@ def main() -> None:
             "class_logits": class_logits,
             "mask_logits": mask_logits,
         }
+        if name == "trained-like":
+            trained_feeds = feeds
         for task, order, ort_best, ort_median, host_best, host_median, equal in _rows(heads, feeds, args.repeats):
             ratios = f"{ort_best / host_best:5.2f}x ({ort_median / host_median:5.2f}x)"
             print(
                 f"{name:>12} {task:>8} {order:>13} | {ort_best:6.1f} ({ort_median:6.1f}) | "
                 f"{host_best:6.1f} ({host_median:6.1f}) | {ratios:>22} | {equal}"
             )
+
+    if args.body is not None:
+        _body_share(args.body, heads, trained_feeds, args.threads, args.repeats)
+
+
+def _body_share(path: Path, heads: Heads, feeds: dict[str, np.ndarray], threads: int, repeats: int) -> None:
+    """Time the body of ``path`` and the host heads on ``feeds`` (trained-like), interleaved."""
+    model = onnx.load(str(path))
+    inputs = [name for name in INPUTS if name in {i.name for i in model.graph.input}]
+    body = onnx.utils.Extractor(model).extract_model(inputs, list(RAW_OUTPUTS))
+    del model
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = ort.InferenceSession(body.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    del body
+    batch = len(feeds["class_logits"])
+    image = np.random.default_rng(1).normal(0, 1, feeds["pixel_values"].shape).astype(np.float32)
+    body_feeds = {name: image if name == "pixel_values" else feeds[name] for name in inputs}
+    cases = {"semantic": feeds}
+    for order in PanopticUpsampling:
+        cases[f"panoptic {order.name.lower()}"] = {**feeds, "panoptic_upsampling": np.full(batch, order, np.int32)}
+    runs: dict[str, Callable[[], object]] = {"body": lambda: session.run(list(RAW_OUTPUTS), body_feeds)}
+    for name, case in cases.items():
+        runs[name] = functools.partial(heads.host, case, name.split()[0])
+    ms = _interleaved_ms(runs, repeats)
+    body_best, body_median = (value / batch for value in ms.pop("body"))
+    print(f"body of {path}: {body_best:.0f} ms per image (median {body_median:.0f}); host head share of body + head:")
+    for name, (best, median) in ms.items():
+        best, median = best / batch, median / batch
+        print(
+            f"  {name:>22}: {best:5.1f} ms (median {median:5.1f}), {100 * best / (body_best + best):4.1f}% "
+            f"({100 * median / (body_median + median):4.1f}% median)"
+        )
 
 
 if __name__ == "__main__":

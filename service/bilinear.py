@@ -43,6 +43,11 @@ class Axis:
     start: Index  # (n_bands,) first output position of each band
     valid: Index  # (n_bands,) how many of the band's positions are inside the image
     adjacent: bool  # bands pair each input position with the next, the last with itself (upsampling)
+    size: Index  # (n_bands,) output positions per band
+    # (n_bands, width): each band's output positions, padded to the widest band by repeating its
+    # last one, and which of them are inside the image (so padding is never inside).
+    positions: Index
+    inside: npt.NDArray[np.bool_]
 
 
 def axis_table(n_in: int, n_out: int, n_valid: int) -> Axis:
@@ -61,6 +66,8 @@ def axis_table(n_in: int, n_out: int, n_valid: int) -> Axis:
     w_lo[clamped] = 0.5
     pairs, start, band = np.unique(lo * n_in + hi, return_index=True, return_inverse=True)
     sizes = np.diff(np.append(start, n_out))
+    valid = np.clip(n_valid - start, 0, sizes)
+    offsets = np.arange(int(sizes.max()))
     return Axis(
         lo=lo,
         hi=hi,
@@ -70,9 +77,12 @@ def axis_table(n_in: int, n_out: int, n_valid: int) -> Axis:
         band_lo=(pairs // n_in).astype(np.intp),
         band_hi=(pairs % n_in).astype(np.intp),
         start=start.astype(np.intp),
-        valid=np.clip(n_valid - start, 0, sizes).astype(np.intp),
+        valid=valid.astype(np.intp),
         adjacent=len(pairs) == n_in
         and bool((pairs == np.arange(n_in) * n_in + np.minimum(np.arange(n_in) + 1, n_in - 1)).all()),
+        size=sizes.astype(np.intp),
+        positions=(start[:, None] + np.minimum(offsets[None, :], sizes[:, None] - 1)).astype(np.intp),
+        inside=offsets[None, :] < valid[:, None],
     )
 
 
@@ -125,6 +135,47 @@ class Grid:
         value: F32 = (((dx2 * dy2) * x11 + (dx1 * dy2) * x21) + (dx2 * dy1) * x12) + (dx1 * dy1) * x22
         return value
 
+    def cell_values(
+        self, low: F32, cell_rows: Index, cell_cols: Index, channel: Index
+    ) -> tuple[F32, npt.NDArray[np.bool_]]:
+        """ORT's bilinear values on whole cells, bit for bit, one channel per cell: ``(n, R, C)``.
+
+        ``R x C`` is the largest of the given cells (``cell_shape``); a smaller cell repeats its
+        last row or column. Also returns which of the ``(n, R, C)`` pixels are valid. The
+        arithmetic per pixel is ``interpolate``'s, without its per-pixel gathers: a cell's pixels
+        share their corners.
+        """
+        rows, cols = self.rows, self.cols
+        height, width = self.cell_shape(cell_rows, cell_cols)
+        y, x = rows.positions[cell_rows, :height], cols.positions[cell_cols, :width]  # (n, R), (n, C)
+        r1, r2 = rows.band_lo[cell_rows], rows.band_hi[cell_rows]
+        c1, c2 = cols.band_lo[cell_cols], cols.band_hi[cell_cols]
+        x11, x21 = low[channel, r1, c1][:, None, None], low[channel, r1, c2][:, None, None]
+        x12, x22 = low[channel, r2, c1][:, None, None], low[channel, r2, c2][:, None, None]
+        dy2, dy1 = rows.w_lo[y][:, :, None], rows.w_hi[y][:, :, None]
+        dx2, dx1 = cols.w_lo[x][:, None, :], cols.w_hi[x][:, None, :]
+        value: F32 = (((dx2 * dy2) * x11 + (dx1 * dy2) * x21) + (dx2 * dy1) * x12) + (dx1 * dy1) * x22
+        valid = rows.inside[cell_rows, :height][:, :, None] & cols.inside[cell_cols, :width][:, None, :]
+        return value, valid
+
+    def cell_shape(self, cell_rows: Index, cell_cols: Index) -> tuple[int, int]:
+        """``cell_values``' ``R x C`` for these cells."""
+        height = int(self.rows.size[cell_rows].max()) if len(cell_rows) else 1
+        width = int(self.cols.size[cell_cols].max()) if len(cell_cols) else 1
+        return height, width
+
+    def cell_pixels(self, cell_rows: Index, cell_cols: Index, shape: tuple[int, ...]) -> tuple[Index, Index]:
+        """The canvas coordinates of ``cell_values``' pixels (of ``shape``): ``y (n, R, 1)``, ``x (n, 1, C)``."""
+        return self.rows.positions[cell_rows, : shape[0], None], self.cols.positions[cell_cols, None, : shape[1]]
+
+    def regular_last(self, cell_rows: Index, cell_cols: Index) -> Index:
+        """An order of the given cells that puts the few larger than most (at the canvas's edges)
+        last, so that ``cell_values`` on chunks of them pads few cells."""
+        typical_rows, typical_cols = np.median(self.rows.size), np.median(self.cols.size)
+        larger = (self.rows.size[cell_rows] > typical_rows) | (self.cols.size[cell_cols] > typical_cols)
+        order: Index = np.argsort(larger, kind="stable")
+        return order
+
     def corner_range(self, low: F32, cell_rows: Index | None = None, cell_cols: Index | None = None) -> tuple[F32, F32]:
         """Per-channel min and max over each cell's four corners: ``(C, h, w)`` -> two ``(C, rows, cols)``.
 
@@ -157,21 +208,67 @@ class Grid:
         result: F32 = value + (dx1 * dy1) * np.take(bottom, x2, axis=-1)
         return result
 
+    def block_range(self, low: F32, size: int) -> tuple[F32, F32]:
+        """Min and max of ``low (C, h, w)`` over the corners of each block of ``size x size`` cells
+        (rows ``[0, size)``, ``[size, 2 size)``, ...): two ``(C, blocks down, blocks across)``."""
+        if self.rows.adjacent and self.cols.adjacent:
+            # Cells k pair positions k and k + 1: a block's corners are one window of positions.
+            return tuple(  # type: ignore[return-value]
+                _window_reduce(_window_reduce(low, -2, size, reduce), -1, size, reduce)
+                for reduce in (np.minimum, np.maximum)
+            )
+        small, large = self.corner_range(low)
+        return (
+            block_reduce(block_reduce(small, -2, size, np.minimum), -1, size, np.minimum),
+            block_reduce(block_reduce(large, -2, size, np.maximum), -1, size, np.maximum),
+        )
+
     def max_cell_pixels(self) -> int:
+        """Pixels of the largest cell, ``cell_values``' ``R x C``."""
         height = np.diff(np.append(self.rows.start, self.canvas[0])).max()
         return int(height * np.diff(np.append(self.cols.start, self.canvas[1])).max())
 
 
-def pair_reduce(low: F32, table: Axis, axis: int, reduce: np.ufunc) -> F32:
-    """``reduce`` (np.minimum or np.maximum) over each band's two input positions along ``axis``."""
+def pair_reduce(low: npt.NDArray[T], table: Axis, axis: int, reduce: np.ufunc) -> npt.NDArray[T]:
+    """``reduce`` (np.minimum, np.maximum, np.bitwise_and) over each band's two input positions along ``axis``."""
     if not table.adjacent:
-        result: F32 = reduce(np.take(low, table.band_lo, axis=axis), np.take(low, table.band_hi, axis=axis))
+        result: npt.NDArray[T] = reduce(np.take(low, table.band_lo, axis=axis), np.take(low, table.band_hi, axis=axis))
         return result
     # Slices instead of gathers; the last band pairs the last position with itself.
     n = low.shape[axis]
     head, tail, last = ([slice(None)] * low.ndim for _ in range(3))
     head[axis], tail[axis], last[axis] = slice(0, n - 1), slice(1, n), slice(n - 1, n)
     return np.concatenate((reduce(low[tuple(head)], low[tuple(tail)]), low[tuple(last)]), axis=axis)
+
+
+def block_reduce(x: npt.NDArray[T], axis: int, size: int, reduce: np.ufunc) -> npt.NDArray[T]:
+    """``reduce`` over consecutive runs of ``size`` positions along ``axis`` (the last may be shorter)."""
+    axis %= x.ndim
+    runs = [slice(None)] * x.ndim
+    runs[axis] = slice(0, None, size)
+    result = x[tuple(runs)].copy()
+    # One strided operation per offset in the run: contiguous along the other axes (reduceat
+    # along a middle axis is several times slower).
+    for offset in range(1, size):
+        runs[axis] = slice(offset, None, size)
+        part = x[tuple(runs)]
+        head = [slice(None)] * x.ndim
+        head[axis] = slice(0, part.shape[axis])
+        reduce(result[tuple(head)], part, out=result[tuple(head)])
+    return result
+
+
+def _window_reduce(x: npt.NDArray[T], axis: int, size: int, reduce: np.ufunc) -> npt.NDArray[T]:
+    """``reduce`` over positions ``[s, s + size]`` (inclusive, within the axis) for ``s = 0, size, ...``."""
+    axis %= x.ndim
+    result = block_reduce(x, axis, size, reduce)
+    following = [slice(None)] * x.ndim
+    following[axis] = slice(size, None, size)  # the first position of each next run
+    part = x[tuple(following)]
+    head = [slice(None)] * x.ndim
+    head[axis] = slice(0, part.shape[axis])
+    reduce(result[tuple(head)], part, out=result[tuple(head)])
+    return result
 
 
 def resize_probe() -> tuple[onnx.ModelProto, dict[str, npt.NDArray[np.generic]], F32]:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
 F32 = npt.NDArray[np.float32]
 T = TypeVar("T", bound=np.generic)
 Index = npt.NDArray[np.intp]
+Bools = npt.NDArray[np.bool_]
 
 # A cell is decided from its corners when they agree by more than MARGIN * M + TINY, M being the
 # largest magnitude involved (1 for probabilities, weighted probabilities and thresholds; the
@@ -202,10 +204,10 @@ class Maps:
     def take(self, channels: Index) -> Maps:
         return Maps(self.low[channels], self.sigmoid)
 
-    def at(self, grid: Grid, y: Index, x: Index, channel: Index) -> F32:
-        """The head's value at canvas pixels ``(y, x)`` of one channel each, bit for bit: ``(n,)``."""
-        value = grid.interpolate(self.low, y, x, channel)
-        return value if self.sigmoid is None else self.sigmoid(value)
+    def cell_values(self, grid: Grid, cell_rows: Index, cell_cols: Index, channel: Index) -> tuple[F32, Bools]:
+        """The head's values on whole cells, one channel each, bit for bit: ``Grid.cell_values``."""
+        value, valid = grid.cell_values(self.low, cell_rows, cell_cols, channel)
+        return (value if self.sigmoid is None else self.sigmoid(value)), valid
 
     def upsample(self, grid: Grid) -> F32:
         """The head's values on the valid region, bit for bit: ``(C, valid_h, valid_w)``."""
@@ -213,27 +215,50 @@ class Maps:
         return value if self.sigmoid is None else self.sigmoid(value)
 
     def cell_range(self, grid: Grid, cell_rows: Index | None = None, cell_cols: Index | None = None) -> tuple[F32, F32]:
-        """Bounds on the head's values over each cell: two ``(C, rows, cols)``, or ``(C, n)`` for given cells.
+        """Bounds on the head's values over each cell: two ``(C, rows, cols)``, or ``(C, n)`` for the
+        given cells (see ``_widen``)."""
+        return self._widen(*grid.corner_range(self.low, cell_rows, cell_cols))
 
-        Without ``sigmoid``, the corners' min and max: the values of the cell's pixels are convex
-        combinations of the corners, up to the rounding that ``MARGIN`` covers. With it, bounds
-        that hold exactly (see ``_through_sigmoid``).
-        """
-        small, large = grid.corner_range(self.low, cell_rows, cell_cols)
-        return self._through_sigmoid(small, large)
+    def pair_range(self, grid: Grid, channel: Index, cell_rows: Index, cell_cols: Index) -> tuple[F32, F32]:
+        """As ``cell_range`` for one channel per cell: two ``(n,)``."""
+        r1, r2 = grid.rows.band_lo[cell_rows], grid.rows.band_hi[cell_rows]
+        c1, c2 = grid.cols.band_lo[cell_cols], grid.cols.band_hi[cell_cols]
+        low = self.low
+        a, b, c, d = low[channel, r1, c1], low[channel, r1, c2], low[channel, r2, c1], low[channel, r2, c2]
+        small, large = np.minimum(np.minimum(a, b), np.minimum(c, d)), np.maximum(np.maximum(a, b), np.maximum(c, d))
+        return self._widen(small, large, channel)
+
+    def block_range(self, grid: Grid, size: int) -> tuple[F32, F32]:
+        """As ``cell_range`` over blocks of ``size x size`` cells (``Grid.block_range``): two
+        ``(C, blocks down, blocks across)``."""
+        return self._widen(*grid.block_range(self.low, size))
 
     def extremes(self) -> tuple[F32, F32]:
-        """``(C,)`` bounds on the head's values at every canvas pixel, as ``cell_range``'s."""
+        """``(C,)`` bounds on the head's values at every canvas pixel."""
         flat = self.low.reshape(len(self.low), -1)
-        return self._through_sigmoid(flat.min(axis=1), flat.max(axis=1))
+        return self._widen(flat.min(axis=1), flat.max(axis=1))
 
-    def _through_sigmoid(self, small: F32, large: F32) -> tuple[F32, F32]:
+    @cached_property
+    def _reach(self) -> F32:
+        # A pixel's upsampled logit is at most 8u*M below (above) its cell's smallest (largest)
+        # corner (MARGIN's comment: u = 2**-24, M the channel's largest magnitude); 16u*M + TINY
+        # also covers rounding the widened logits.
+        flat = self.low.reshape(len(self.low), -1)
+        largest = np.maximum(-flat.min(axis=1), flat.max(axis=1))
+        reach: F32 = np.float32(2.0**-20) * largest + TINY
+        return reach
+
+    def _widen(self, small: F32, large: F32, channel: Index | None = None) -> tuple[F32, F32]:
+        """Bounds on the head's values from the smallest and largest corner of each cell (or region),
+        ``(C, ...)``, or ``(n,)`` with one ``channel`` each.
+
+        Without ``sigmoid``, the corners themselves: a pixel is a convex combination of its corners,
+        up to the rounding that ``MARGIN`` covers. With it, bounds that hold exactly: the Sigmoid of
+        the logits widened by ``_reach``, which is monotonic up to DROP (maskserve.service.logistic).
+        """
         if self.sigmoid is None:
             return small, large
-        # A pixel's upsampled logit is within 8u*M of [small, large] (MARGIN's comment: u = 2**-24,
-        # M the largest corner magnitude); 16u*M + TINY covers rounding the widened bounds too. The
-        # Sigmoid is monotonic up to DROP (maskserve.service.logistic), hence the exact bounds.
-        reach = np.float32(2.0**-20) * np.maximum(np.abs(small), np.abs(large)) + TINY
+        reach = self._reach[channel] if channel is not None else self._reach.reshape(-1, *([1] * (small.ndim - 1)))
         bounds = self.sigmoid(np.stack([small - reach, large + reach]))
         return bounds[0] - DROP, bounds[1] + DROP
 
@@ -298,34 +323,35 @@ def argmax_pixels(
         winner, value = dense_argmax(grid, maps, scale, used)
         _, y, x = grid.pixels(cell_rows, cell_cols)
         return y, x, winner[y, x], value[y, x]
-    width = grid.canvas[1]
-    keys: list[Index] = []
-    winners: list[Index] = []
-    values: list[F32] = []
+    order = grid.regular_last(cell_rows, cell_cols)
+    cell_rows, cell_cols, candidate = cell_rows[order], cell_cols[order], candidate[order]
+    found: list[tuple[Index, Index, Index, F32]] = []
     for first in range(0, len(cell_rows), per_cell):
         part = slice(first, first + per_cell)
         cell, channel = np.nonzero(candidate[part])  # cell-major, channels ascending
-        owner, y, x = grid.pixels(cell_rows[part][cell], cell_cols[part][cell])
-        channel = channel[owner]
-        value = maps.at(grid, y, x, channel)
-        score = value if scale is None else value * scale[channel]
-        # Group by pixel; the stable sort keeps each pixel's channels ascending, so the first
-        # maximum of a group is ArgMax's (select_last_index=0) answer.
-        key = y * width + x
-        order = np.argsort(key, kind="stable")
-        key, score, channel, value = key[order], score[order], channel[order], value[order]
-        starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
-        best = np.repeat(np.maximum.reduceat(score, starts), np.diff(np.r_[starts, len(key)]))
-        position = np.where(score == best, np.arange(len(key)), len(key))
-        pick = np.minimum.reduceat(position, starts)
-        keys.append(key[pick])
-        winners.append(channel[pick])
-        values.append(value[pick])
-    if not keys:
+        rows, cols = cell_rows[part][cell], cell_cols[part][cell]
+        value, valid = maps.cell_values(grid, rows, cols, channel)  # (pairs, R, C)
+        score = value if scale is None else value * scale[channel][:, None, None]
+        # Per cell and pixel, the first of its (ascending) channels with the highest score: the
+        # first maximum, ArgMax's (select_last_index=0) answer.
+        starts = np.flatnonzero(np.r_[True, cell[1:] != cell[:-1]])
+        owner = np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, len(cell)]))
+        best = np.maximum.reduceat(score, starts, axis=0)
+        position = np.where(score == best[owner], np.arange(len(cell))[:, None, None], len(cell))
+        pick = np.minimum.reduceat(position, starts, axis=0)  # (cells, R, C) indices of pairs
+        pixel = np.arange(pick[0].size).reshape(pick.shape[1:])
+        winner, winner_value = channel[pick], value.reshape(len(cell), -1)[pick, pixel]
+        y, x = grid.cell_pixels(rows[starts], cols[starts], value.shape[1:])
+        inside = valid[starts]
+        found.append(
+            (np.broadcast_to(y, inside.shape)[inside], np.broadcast_to(x, inside.shape)[inside], winner[inside],
+             winner_value[inside])
+        )  # fmt: skip
+    if not found:
         empty = np.zeros(0, np.intp)
         return empty, empty, empty, np.zeros(0, np.float32)
-    key = np.concatenate(keys)
-    return key // width, key % width, np.concatenate(winners), np.concatenate(values)
+    y, x, winner, winner_value = (np.concatenate(part) for part in zip(*found, strict=True))
+    return y, x, winner, winner_value
 
 
 def dense_argmax(grid: Grid, maps: Maps, scale: F32 | None, channels: Index) -> tuple[Index, F32]:

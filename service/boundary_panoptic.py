@@ -33,11 +33,12 @@ import numpy.typing as npt
 
 from maskserve.bundle import PanopticUpsampling
 from maskserve.service import boundary_head
-from maskserve.service.bilinear import Grid
+from maskserve.service.bilinear import Grid, block_reduce
 from maskserve.service.boundary_head import MARGIN, Maps
 
 F32 = npt.NDArray[np.float32]
 Index = npt.NDArray[np.intp]
+I8 = npt.NDArray[np.int8]
 
 
 def _threshold_bounds(threshold: np.float32) -> tuple[np.float32, np.float32]:
@@ -63,46 +64,88 @@ def _mask_areas(grid: Grid, masks: Maps, scores: F32, threshold: np.float32) -> 
     return counts
 
 
+# Cells per side of the blocks that ``_mask_areas_by_cell`` settles before looking at their cells.
+BLOCK = 8
+U8 = npt.NDArray[np.uint8]
+
+
+def _facts(low: F32, high: F32, scores: F32, upper: np.float32, lower: np.float32) -> U8:
+    """Bits of what bounds ``low``/``high`` settle: 1 the mask is above the threshold, 2 below it;
+    4 and 8 the same for the weighted mask. Rounding is monotonic, so a bound times the score
+    bounds the weighted values (scores >= 0)."""
+    facts = (
+        (low > upper).view(np.uint8)
+        | ((high < lower).view(np.uint8) << 1)
+        | ((low * scores > upper).view(np.uint8) << 2)
+        | ((high * scores < lower).view(np.uint8) << 3)
+    )
+    return facts.astype(np.uint8, copy=False)  # uint8 already (NumPy's stubs widen the shifts)
+
+
+def _open(facts: U8) -> U8:
+    """Bit c where area column c (0: mask, 1: weighted mask) is not settled by ``facts``."""
+    columns: U8 = (((facts & 3) == 0).view(np.uint8) | (((facts & 12) == 0).view(np.uint8) << 1)).astype(
+        np.uint8, copy=False
+    )
+    return columns
+
+
 def _mask_areas_by_cell(grid: Grid, masks: Maps, scores: F32, threshold: np.float32) -> npt.NDArray[np.int64]:
-    """As ``_mask_areas``, deciding cell by cell."""
+    """As ``_mask_areas``, deciding block by block, then cell by cell, then pixel by pixel."""
     num_queries = len(scores)
-    low_min, low_max = masks.cell_range(grid)  # (Q, rows, cols)
     upper, lower = _threshold_bounds(threshold)
-    valid = grid.valid.ravel().astype(np.float32)
-    inside = grid.valid > 0
     counts = np.zeros((num_queries, 2), np.int64)
-    undecided = np.zeros(low_min.shape, np.uint8)  # bit c: column c is undecided in the cell
-    # Rounding is monotonic, so a bound times the score bounds the weighted values (scores >= 0).
-    weighted = (low_min * scores[:, None, None], low_max * scores[:, None, None])
-    for column, (smallest, largest) in enumerate(((low_min, low_max), weighted)):
-        above = smallest > upper
-        below = largest < lower
-        # float32 sums of pixel counts: exact below 2**24 (a 4096 x 4096 canvas).
-        counts[:, column] = above.reshape(num_queries, -1).astype(np.float32) @ valid
-        undecided |= (~(above | below) & inside).view(np.uint8) << column
+    # Blocks first: most of a mask is far from the threshold, and a block's bounds take one pass.
+    block_valid = block_reduce(block_reduce(grid.valid, 0, BLOCK, np.add), 1, BLOCK, np.add)
+    facts = _facts(*masks.block_range(grid, BLOCK), scores[:, None, None], upper, lower)
+    for column in range(2):
+        counts[:, column] = ((facts >> 2 * column) & 1).reshape(num_queries, -1) @ block_valid.ravel()
+    unsettled = _open(facts) * (block_valid > 0).view(np.uint8)
+    # A query whose blocks are mostly unsettled (noise input) is upsampled whole at once (at 4x
+    # DENSE_SHARE of the pixels in unsettled blocks: those blocks' cells may still settle).
+    total = int(grid.valid.sum())
+    unsettled_pixels = (unsettled > 0).reshape(num_queries, -1) @ block_valid.ravel()
+    early = np.flatnonzero(unsettled_pixels > 4 * boundary_head.DENSE_SHARE * total)
+    unsettled[early] = 0
+    query, block_row, block_col = np.nonzero(unsettled)
+    # The cells of the unsettled blocks, with the columns their block left open.
+    offsets = np.arange(BLOCK)
+    rows = np.broadcast_to((block_row[:, None] * BLOCK + offsets)[:, :, None], (len(query), BLOCK, BLOCK))
+    cols = np.broadcast_to((block_col[:, None] * BLOCK + offsets)[:, None, :], rows.shape)
+    exists = (rows < len(grid.rows.start)) & (cols < len(grid.cols.start))
+    rows, cols = rows[exists], cols[exists]
+    query = np.broadcast_to(query[:, None, None], exists.shape)[exists]
+    flags = np.broadcast_to(unsettled[unsettled > 0][:, None, None], exists.shape)[exists]
+    cell_valid = grid.valid[rows, cols]
+    facts = _facts(*masks.pair_range(grid, query, rows, cols), scores[query], upper, lower)
+    for column in range(2):
+        settled_above = ((facts >> 2 * column) & (flags >> column) & 1) * cell_valid
+        counts[:, column] += np.bincount(query, weights=settled_above, minlength=num_queries).astype(np.int64)
+    flags = (_open(facts) & flags) * (cell_valid > 0).view(np.uint8)
     # A query left mostly undecided (noise input) is cheaper to upsample whole.
-    share = np.count_nonzero(undecided.reshape(num_queries, -1), axis=1) * grid.max_cell_pixels()
-    dense = np.flatnonzero(share > boundary_head.DENSE_SHARE * valid.sum())
+    share = np.bincount(query, weights=cell_valid * (flags > 0), minlength=num_queries)
+    dense = np.union1d(early, np.flatnonzero(share > boundary_head.DENSE_SHARE * total))
     for first in range(0, len(dense), 8):
         queries = dense[first : first + 8]
         value = masks.take(queries).upsample(grid)
         counts[queries, 0] = (value >= threshold).sum(axis=(1, 2))
         counts[queries, 1] = (value * scores[queries, None, None] >= threshold).sum(axis=(1, 2))
-    undecided[dense] = 0
-    query, rows, cols = np.nonzero(undecided)
-    flags = undecided[query, rows, cols]
+    undecided = np.flatnonzero((flags > 0) & ~np.isin(query, dense))
+    undecided = undecided[grid.regular_last(rows[undecided], cols[undecided])]
+    query, rows, cols, flags = query[undecided], rows[undecided], cols[undecided], flags[undecided]
     per_step = max(1, boundary_head.CHUNK // grid.max_cell_pixels())
     for first in range(0, len(query), per_step):
         part = slice(first, first + per_step)
-        owner, y, x = grid.pixels(rows[part], cols[part])
-        channel, flag = query[part][owner], flags[part][owner]
-        value = masks.at(grid, y, x, channel)
-        for column, reached in enumerate((value >= threshold, value * scores[channel] >= threshold)):
-            counts[:, column] += np.bincount(channel[reached & (flag & (1 << column) > 0)], minlength=num_queries)
+        channel, flag = query[part], flags[part]
+        value, pixel_valid = masks.cell_values(grid, rows[part], cols[part], channel)  # (n, R, C)
+        for column, reached in enumerate((value >= threshold, value * scores[channel][:, None, None] >= threshold)):
+            hits = np.count_nonzero(reached & pixel_valid, axis=(1, 2))
+            use = flag & (1 << column) > 0
+            counts[:, column] += np.bincount(channel[use], weights=hits[use], minlength=num_queries).astype(np.int64)
     return counts
 
 
-def _corner_winners(grid: Grid, masks: Maps, scores: F32, threshold: np.float32) -> tuple[Index, F32]:
+def _corner_winners(grid: Grid, masks: Maps, scores: F32, threshold: np.float32) -> tuple[Index, I8]:
     """Probabilities order, per cell ``(rows, cols)``: the winner (an index into ``masks``) of its
     corners, and ``_state``: whether the corners decide it, and its threshold test, for every pixel."""
     index, _, gap = boundary_head.top_two(masks.low * scores[:, None, None])
@@ -115,7 +158,7 @@ def _corner_winners(grid: Grid, masks: Maps, scores: F32, threshold: np.float32)
     return winners[0], _state(decided, prob_min, prob_max, threshold)
 
 
-def _bound_winners(grid: Grid, masks: Maps, scores: F32, threshold: np.float32) -> tuple[Index, F32]:
+def _bound_winners(grid: Grid, masks: Maps, scores: F32, threshold: np.float32) -> tuple[Index, I8]:
     """Logits order, per cell: as ``_corner_winners``, from the maps' bounds over each cell."""
     low, high = masks.cell_range(grid)  # (n, rows, cols)
     weighted_low, weighted_high = low * scores[:, None, None], high * scores[:, None, None]
@@ -129,11 +172,12 @@ def _bound_winners(grid: Grid, masks: Maps, scores: F32, threshold: np.float32) 
     return winner, _state(decided, prob_min, prob_max, threshold)
 
 
-def _state(decided: npt.NDArray[np.bool_], prob_min: F32, prob_max: F32, threshold: np.float32) -> F32:
+def _state(decided: npt.NDArray[np.bool_], prob_min: F32, prob_max: F32, threshold: np.float32) -> I8:
     """1 where the winner is decided and on, -1 decided and off, 0 undecided."""
     on = decided & (prob_min - threshold > MARGIN)
     off = decided & (threshold - prob_max > MARGIN)
-    return on.astype(np.float32) - off.astype(np.float32)
+    state: I8 = on.astype(np.int8) - off.astype(np.int8)
+    return state
 
 
 def _panoptic_inside(grid: Grid, masks: Maps, scores: F32, kept: Index, threshold: np.float32) -> npt.NDArray[np.int32]:

@@ -93,7 +93,7 @@ def _every_float_ascending(limit: float, chunk: int = 1 << 24) -> Iterator[np.nd
 @pytest.mark.slow
 def test_drop_bounds_the_kernel_on_every_float32(sigmoid: logistic.Sigmoid) -> None:
     """The measurement behind ``DROP``: every float32 in [-18.5, 18.5] (the kernel clamps beyond
-    18), about 2.2e9 values, a few minutes. The largest drop on ONNX Runtime 1.32 (FMA3 kernel)
+    18), about 2.2e9 values, about a minute. The largest drop on ONNX Runtime 1.32 (FMA3 kernel)
     is 2.98e-7, at x = -15.934."""
     running, drop = -np.inf, 0.0
     for x in _every_float_ascending(18.5):
