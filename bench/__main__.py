@@ -1,8 +1,12 @@
 """``python -m bench``: regenerate docs/benchmarks.md on this machine.
 
-Everything is measured in one run, side by side: the transformers baseline and maskserve on
-the same checkpoint and images, the service against its bare backend, and this CPU's GEMM
-peak. ``--quick`` runs a few iterations on whatever bundle it is given (the CI smoke test).
+Everything is measured in one run, alternately: the transformers baseline and every maskserve
+variant (``bench.variants``: a bundle precision on a runtime, wherever this checkout and CPU
+have it) on the same checkpoint and images, the service against its bare backend, and this
+CPU's FP32 and bf16 GEMM peaks. The checkpoints are the Swin-T/ADE architecture with
+trained-like heads (``bench.workload``) and the trained demo model. ``--quick`` runs a few
+iterations on whatever bundle it is given (the CI test); ``--sizes``, ``--tasks``,
+``--variants``, ``--repeats`` and ``--skip`` make a shorter trial of the full run.
 """
 
 from __future__ import annotations
@@ -10,97 +14,215 @@ from __future__ import annotations
 import argparse
 import io
 import os
+import shlex
+import statistics
 import sys
 import time
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any
 
-from PIL import Image
+import httpx
 
 from bench import machine
 from bench.formats import FormatsSection, splice
 from bench.formats import measure as measure_formats
 from bench.formats import render as render_formats
 from bench.gpu.results import keep_section
-from bench.model_level import TASKS, MaskserveRunner, Timing, TransformersRunner, canvas_for, measure
-from bench.report import ModelSection, Report, ServiceSection
-from bench.service_level import bare_throughput, load, server
+from bench.model_level import (
+    RULE,
+    TASKS,
+    MaskserveRunner,
+    TransformersRunner,
+    VariantUnavailable,
+    canvas_for,
+    measure,
+    served_task,
+    warm_up,
+)
+from bench.report import ModelSection, Report, RunnerInfo, ServiceSection
+from bench.service_level import bare_throughput, default_rule, load, server
+from bench.variants import Variant, ensure_bundle, select
+from bench.workload import ADE20K_THING_IDS, scenes, swin_tiny_ade_trained_like, verification, workload_stats
 
 SIZES = ((480, 640), (512, 512), (720, 1280))
 ROOT = Path(__file__).resolve().parent.parent
+CACHE = ROOT / ".bench"
+WORKLOAD_IMAGES = 8  # scenes the workload statistics are taken on (seeds 0..7)
 
 
-def _images(size: tuple[int, int], count: int) -> list[Image.Image]:
-    """Generated scenes cropped to ``size``: real structure, same pixels for both runners."""
-    from demo.scenes import generate_scene
+@dataclass
+class BenchModel:
+    """A checkpoint to benchmark. ``bundles``: precision -> bundle directory, filled as exported;
+    ``extra``: the export options its reduced-precision bundles need (labels, name)."""
 
-    side = max(size)
-    return [Image.fromarray(generate_scene(seed, side).image[: size[0], : size[1]]) for seed in range(count)]
+    name: str
+    key: str  # cache folder prefix
+    checkpoint: Path
+    side: int
+    bundles: dict[str, Path]
+    extra: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+    accuracy: bool = False  # measure mIoU/PQ on the demo scenes (the demo model only)
+    exportable: bool = True  # reduced precisions may be exported from the checkpoint
+
+    def bundle(self, precision: str) -> Path:
+        if precision not in self.bundles:
+            if not self.exportable:
+                raise VariantUnavailable(f"no {precision} bundle was given")
+            out = CACHE / f"{self.key}-{precision}"
+            self.bundles[precision] = ensure_bundle(self.checkpoint, out, precision, self.extra)
+        return self.bundles[precision]
 
 
-def _model_section(
-    name: str,
-    checkpoint: str,
-    bundle: str,
-    side: int,
-    params: dict[str, float],
-    args: argparse.Namespace,
-    int8_bundle: str | None = None,
-) -> ModelSection:
-    from bench.flops import model_gflops
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
+
+
+def _runners(
+    model: BenchModel, variants: list[Variant], canvases: list[tuple[int, int]], params: dict[str, float]
+) -> tuple[list[MaskserveRunner], dict[str, str]]:
+    """A runner per variant that can be made here, and why the others cannot."""
+    runners, not_run = [], {}
+    for variant in variants:
+        try:
+            bundle = model.bundle(variant.precision)
+            runners.append(MaskserveRunner(variant, str(bundle), model.side, params, canvases))
+        except Exception as exc:  # an export refused by its accuracy gate, a backend that cannot load, ...
+            not_run[variant.name] = _first_line(exc)
+            print(f"  {variant.name}: not run ({not_run[variant.name]})", file=sys.stderr)
+    return runners, not_run
+
+
+def _answers(runner: MaskserveRunner) -> str:
+    """What the export measured of a reduced-precision bundle against FP32 (bundle.json's
+    ``accuracy``, precision contract), in a few words; empty for FP32 and older bundles."""
+    accuracy = getattr(runner.bundle.manifest, "accuracy", None)
+    if accuracy is None:
+        return ""
+    return (
+        f"against fp32 on {accuracy.images} {accuracy.source} in {accuracy.runtime}: semantic pixel agreement "
+        f"{accuracy.semantic_pixel_agreement.mean:.1%}, panoptic segment IoU {accuracy.panoptic_segment_iou.mean:.2f} "
+        "(means)"
+    )
+
+
+def _workload(model: BenchModel, runner: MaskserveRunner, params: dict[str, float]) -> str:
+    """What the model keeps on ``WORKLOAD_IMAGES`` scenes at its square canvas: the line the
+    report shows above its tables (and the CI test reads)."""
+    size = (model.side, model.side)
+    segmenter = runner.segmenter(canvas_for(size, model.side))
+    lines = []
+    for task in ("panoptic", "instance"):
+        results = [
+            segmenter.segment(image, task, threshold=params["threshold"], mask_threshold=params["mask_threshold"])
+            for image in scenes(size, WORKLOAD_IMAGES)
+        ]
+        lines.append(f"{task}: {workload_stats(results).line()}")
+    return (
+        f"Workload: {model.description} At {size[0]}x{size[1]} on {WORKLOAD_IMAGES} generated scenes (seeds 0.."
+        f"{WORKLOAD_IMAGES - 1}), score threshold {params['threshold']}, mask threshold {params['mask_threshold']} "
+        f"(`{runner.name}`): " + "; ".join(lines) + "."
+    )
+
+
+def _model_section(model: BenchModel, variants: list[Variant], args: argparse.Namespace) -> ModelSection:
+    from bench import accuracy
+    from bench.flops import body_gflops
     from maskserve.bundle import Bundle
 
-    manifest = Bundle.load(bundle).manifest
+    manifest = Bundle.load(model.bundles["fp32"]).manifest
+    thresholds = manifest.thresholds
+    params = {"threshold": thresholds.score, "mask_threshold": thresholds.mask, "overlap_threshold": thresholds.overlap}
     stuff = {label.id for label in manifest.labels if not label.isthing}
-    runners: list[TransformersRunner | MaskserveRunner] = [
-        TransformersRunner(checkpoint, side, stuff, params),
-        MaskserveRunner(bundle, side, params),
-    ]
-    if int8_bundle is not None:
-        runners.append(MaskserveRunner(int8_bundle, side, params, name="maskserve-int8"))
-    section = ModelSection(name=name, canvas_side=side, gflops=model_gflops(runners[0].model, (side, side)))
-    for size in args.sizes:
-        for batch in args.batches:
-            images = _images(size, batch)
-            for task in TASKS if not args.quick else ("panoptic",):
-                for runner in runners:
-                    repeats = args.repeats if batch == 1 else max(2, args.repeats // 2)
-                    timing: Timing = measure(runner, images, task, repeats)
-                    section.add(runner.name, task, size, batch, timing)
+    sizes = args.sizes
+    canvases = list(dict.fromkeys(canvas_for(size, model.side) for size in sizes))
+    baseline = TransformersRunner(str(model.checkpoint), model.side, stuff, params)
+    runners, not_run = _runners(model, variants, canvases, params)
+    section = ModelSection(name=model.name, canvas_side=model.side, not_run=not_run)
+    section.runners[baseline.name] = RunnerInfo("fp32", "PyTorch eager")
+    section.runners |= {r.name: RunnerInfo(r.compute, r.provider, _answers(r)) for r in runners}
+    for size in sizes:
+        section.canvases[size] = canvas_for(size, model.side)
+    section.gflops = {canvas: body_gflops(baseline.model, canvas) for canvas in canvases}
+    section.workload = _workload(model, runners[0], params) if runners else model.description
+    print(f"  {section.workload}", file=sys.stderr)
+    everyone: list[Any] = [baseline, *runners]
+    for size in sizes:
+        # Batches above 1 at the square canvas only: the targets are at batch 1, and the
+        # larger batch shows what batching buys on a CPU (little: the cores are already busy).
+        for batch in [b for b in args.batches if b == 1 or size == (model.side, model.side)]:
+            images = scenes(size, batch)
+            repeats = args.repeats if batch == 1 else max(2, args.repeats // 2)
+            # The server's default panoptic rule too, maskserve only (transformers has one rule).
+            served = [served_task(default_rule())] if "panoptic" in args.tasks and default_rule() != RULE else []
+            for task in [*args.tasks, *(served if batch == 1 else [])]:
+                who = everyone if task in TASKS else runners
+                # A runtime that cannot compile or run this graph here is dropped, with its reason.
+                for name, why in warm_up(who, images, task).items():
+                    if name == baseline.name:
+                        raise RuntimeError(f"the transformers baseline failed: {why}")
+                    section.not_run[name] = f"failed at {size[0]}x{size[1]} batch {batch}, {task}: {why}"
+                    print(f"  {name}: dropped ({section.not_run[name]})", file=sys.stderr)
+                    dropped = next(runner for runner in runners if runner.name == name)
+                    runners.remove(dropped)
+                    everyone.remove(dropped)
+                    dropped.close()
+                for name, timing in measure(who, images, task, repeats, warm=True).items():
+                    section.add(name, task, size, batch, timing)
                     print(
-                        f"  {name} {runner.name:<12} {task:<9} {size[0]}x{size[1]} b{batch}: {timing.median():.3f} s",
+                        f"  {model.name[:24]} {name:<28} {task:<19} {size[0]}x{size[1]} b{batch}: "
+                        f"{timing.median():.3f} s (head {timing.head():.3f}), kept {timing.kept():.1f}",
                         file=sys.stderr,
                     )
+        for runner in runners:
+            runner.release_shapes()
+    if model.accuracy and args.accuracy_scenes > 0:
+        for runner in runners:
+            section.accuracy[runner.name] = accuracy.measure(runner, args.accuracy_scenes)
+            result = section.accuracy[runner.name]
+            print(f"  {runner.name}: mIoU {result.miou:.2f}, PQ {result.pq:.2f}", file=sys.stderr)
+    for runner in runners:
+        runner.close()
     return section
 
 
-def _service_section(bundle: str, side: int, args: argparse.Namespace) -> ServiceSection:
+def _service_section(model: BenchModel, args: argparse.Namespace) -> ServiceSection:
+    side = model.side
     size = (side, side)
     canvas = canvas_for(size, side)
     buffer = io.BytesIO()
-    _images(size, 1)[0].save(buffer, format="PNG")
+    scenes(size, 1)[0].save(buffer, format="PNG")
     image = buffer.getvalue()
-    section = ServiceSection(canvas=canvas, max_batch=args.max_batch)
-    with server(Path(bundle), args.max_batch, canvas) as url:
+    bundle = model.bundles["fp32"]
+    section = ServiceSection(canvas=canvas, max_batch=args.max_batch, model=f"{model.name}, fp32 bundle")
+    with server(bundle, args.max_batch, canvas, args.service_backend) as url:
+        served = httpx.get(f"{url}/v1/model", timeout=60).json()
+        section.backend = (
+            f"`MASKSERVE_BACKEND={args.service_backend}`: {served['backend']} {served['provider']}, "
+            f"{served['precision']}, panoptic rule {served['panoptic_rule']}"
+        )
         for concurrency in args.concurrency:
             result = load(url, image, "panoptic", concurrency, args.seconds)
             section.loads.append(result)
+            section.segments = round(statistics.median(result.segments)) if result.segments else 0
             print(f"  service c={concurrency}: {result.throughput:.2f} req/s", file=sys.stderr)
     for batch in sorted({1, args.max_batch}):
-        section.bare[batch] = bare_throughput(Path(bundle), batch, canvas, "panoptic", args.seconds)
-        print(f"  bare backend b={batch}: {section.bare[batch]:.2f} img/s", file=sys.stderr)
+        rate = bare_throughput(bundle, batch, canvas, "panoptic", args.seconds, args.service_backend)
+        section.bare[batch] = rate
+        print(f"  bare backend b={batch}: {rate:.2f} img/s", file=sys.stderr)
     return section
 
 
 def _formats_only(args: argparse.Namespace) -> int:
     """Re-measure the output formats into an existing report: the model and service sections
-    take ten minutes of an idle machine, the formats one."""
+    take half an hour of an idle machine, the formats one minute."""
     started = time.perf_counter()
     demo = ROOT / "maskserve" / "assets" / "shapes"
     bundle = Path(args.bundle) if args.bundle else demo
-    name = "given" if args.bundle else "demo (shapes, trained)"
-    section = _formats_section([BenchModel(name, "", str(bundle), 0, {})], args)
+    section = _formats_section(bundle, args)
     command = "python -m bench --formats-only" + (" --quick" if args.quick else "")
     when = datetime.now(UTC).strftime("%Y-%m-%d")
     section.provenance = (
@@ -115,126 +237,165 @@ def _formats_only(args: argparse.Namespace) -> int:
     return 0
 
 
-def _formats_section(models: list[BenchModel], args: argparse.Namespace) -> FormatsSection:
-    """The formats on the trained demo model (real masks) at 4K; ``--quick``: the first model, small."""
-    chosen = next((model for model in models if model.name.startswith("demo")), models[0])
+def _formats_section(bundle: Path, args: argparse.Namespace) -> FormatsSection:
+    """The formats on the trained demo model (real masks) at 4K; ``--quick``: small."""
     if args.quick:
-        return measure_formats(Path(chosen.bundle), 2, ("panoptic",), size=(216, 384))
-    return measure_formats(Path(chosen.bundle), args.repeats, TASKS)
-
-
-class BenchModel(NamedTuple):
-    name: str
-    checkpoint: str
-    bundle: str
-    side: int
-    params: dict[str, float]
-    int8_bundle: str | None = None  # measured as a third runner beside the fp32 bundle
+        return measure_formats(bundle, 2, ("panoptic",), size=(216, 384))
+    return measure_formats(bundle, args.repeats, TASKS)
 
 
 def _prepare_models(args: argparse.Namespace) -> list[BenchModel]:
     """The models to benchmark; the first is also measured at service level."""
     if args.checkpoint and args.bundle:
-        side = args.side or 128
+        from maskserve.bundle import Bundle
+
+        bundle = Path(args.bundle)
+        precision = Bundle.load(bundle).manifest.precision
         return [
             BenchModel(
                 "given",
-                args.checkpoint,
-                args.bundle,
-                side,
-                {"threshold": 0.0, "mask_threshold": 0.5, "overlap_threshold": 0.8},
+                "given",
+                Path(args.checkpoint),
+                args.side or 128,
+                {precision: bundle},
+                description=f"the given checkpoint ({args.checkpoint}).",
+                exportable=False,
             )
         ]
-    from bench.checkpoints import save_swin_tiny_ade
-    from maskserve.export.pipeline import ExportOptions, run_export
-
-    cache = ROOT / ".bench"
-    checkpoint = save_swin_tiny_ade(cache / "swin-tiny-ade")
-    bundle = cache / "swin-tiny-ade-bundle"
-    if not (bundle / "bundle.json").is_file():
-        run_export(
-            ExportOptions(model=str(checkpoint), out=bundle, force=True), log=lambda m: print(m, file=sys.stderr)
-        )
-    int8 = cache / "swin-tiny-ade-int8"
-    if not (int8 / "bundle.json").is_file():
-        run_export(
-            ExportOptions(model=str(checkpoint), out=int8, int8=True, force=True),
-            log=lambda m: print(m, file=sys.stderr),
-        )
-    # Random weights: scores are near 1/151, so every query is kept (threshold 0).
-    models = [
-        BenchModel(
-            "Swin-T/ADE architecture (random weights)",
-            str(checkpoint),
-            str(bundle),
-            512,
-            {"threshold": 0.0, "mask_threshold": 0.5, "overlap_threshold": 0.8},
-            str(int8),
-        )
-    ]
+    CACHE.mkdir(exist_ok=True)
+    checkpoint, fitted = swin_tiny_ade_trained_like(CACHE)
+    swin = BenchModel(
+        "Swin-T/ADE architecture (trained-like random weights)",
+        "swin-tiny-ade-tl",
+        checkpoint,
+        512,
+        {},
+        # Exported unverified, then verified here and the outcome reported (bench.workload.verification).
+        extra={"thing_ids": list(ADE20K_THING_IDS), "verify": False},
+    )
+    checked = verification(checkpoint, swin.bundle("fp32"), (512, 512))
+    swin.description = (
+        "facebook/maskformer-swin-tiny-ade's architecture (Swin-T, 100 queries, 150 labels: ADE20k-panoptic's "
+        "100 things and 50 stuff) with random weights whose heads are set to answer like a trained model "
+        "(`bench.trained_like` then `bench.region_masks`, calibrated on 8 generated scenes at 512x512: "
+        f"{fitted.get('queries_above_0.5', float('nan')):.1f} queries above 0.5 on 4 held-out scenes, "
+        f"mean kept score {fitted.get('mean_kept_score', float('nan')):.2f}, "
+        f"{fitted.get('undecided_mask_pixels', float('nan')):.1%} of their mask logits within 1 of 0). "
+        f"The exporter's check of the FP32 bundle against PyTorch: {checked}."
+    )
+    models = [swin]
     demo_checkpoint, demo_bundle = ROOT / "demo" / "checkpoint", ROOT / "maskserve" / "assets" / "shapes"
-    if (demo_checkpoint / "config.json").is_file() and (demo_bundle / "bundle.json").is_file():
-        from maskserve.bundle import Bundle
+    if "demo" not in args.skip and (demo_checkpoint / "config.json").is_file():
+        from demo.scenes import THING_IDS
+        from maskserve.bundle import Bundle, Canvas
 
         side = Bundle.load(demo_bundle).manifest.canvas.height  # the size it was trained at
         models.append(
             BenchModel(
                 "demo (shapes, trained)",
-                str(demo_checkpoint),
-                str(demo_bundle),
+                "demo",
+                demo_checkpoint,
                 side,
-                {"threshold": 0.5, "mask_threshold": 0.5, "overlap_threshold": 0.8},
+                {"fp32": demo_bundle},
+                # As demo.ship exports the embedded bundle (its name, labels and canvases).
+                extra={
+                    "thing_ids": sorted(THING_IDS),
+                    "name": "shapes",
+                    "default_task": "panoptic",
+                    "extra_canvases": [Canvas(height=side - 32, width=side), Canvas(height=side, width=side - 32)],
+                },
+                description="the demo model (ResNet MaskFormer trained on generated scenes: see its model card).",
+                accuracy=True,
             )
         )
     return models
 
 
-def main(argv: list[str] | None = None) -> int:
+def _sizes(text: str) -> tuple[tuple[int, int], ...]:
+    return tuple((int(h), int(w)) for h, w in (part.split("x") for part in text.split(",")))
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split(","))
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
     parser.add_argument("--quick", action="store_true", help="a few iterations: proves the command runs")
     parser.add_argument("--checkpoint", help="benchmark this checkpoint (with --bundle) instead of the defaults")
     parser.add_argument("--bundle", help="the bundle exported from --checkpoint")
     parser.add_argument("--side", type=int, help="canvas side for --bundle (default 128)")
+    parser.add_argument("--sizes", type=_sizes, help="image sizes, e.g. 512x512,720x1280 (default: all three)")
+    parser.add_argument("--batches", type=_ints, help="batch sizes (default 1,4; above 1 at the square size only)")
+    parser.add_argument("--tasks", type=lambda t: tuple(t.split(",")), help="tasks (default: all three)")
+    parser.add_argument(
+        "--variants",
+        type=lambda t: t.split(","),
+        help="runners, as runtime:precision, a precision or a runtime (ort:fp32, ov:bf16, int8-static, ov; "
+        "default: all that this checkout and CPU have)",
+    )
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--accuracy-scenes", type=int, default=200, help="demo scenes for mIoU/PQ (0: skip)")
     parser.add_argument("--seconds", type=float, default=30.0, help="duration of each service load level")
     parser.add_argument("--max-batch", type=int, default=4)
+    parser.add_argument("--service-backend", default="auto", help="MASKSERVE_BACKEND of the service section")
+    parser.add_argument(
+        "--skip", type=lambda t: set(t.split(",")), default=set(), help="sections to leave out: demo,service,formats"
+    )
     parser.add_argument(
         "--formats-only",
         action="store_true",
         help="measure only the output formats and replace their section in --out, keeping the rest",
     )
     args = parser.parse_args(argv)
-    args.sizes = SIZES if not args.quick else ((96, 128),)
-    args.batches = (1, 4) if not args.quick else (1, 2)
+    args.sizes = args.sizes or (SIZES if not args.quick else ((96, 128),))
+    args.batches = args.batches or ((1, 4) if not args.quick else (1, 2))
+    args.tasks = args.tasks or TASKS
+    unknown = set(args.tasks) - set(TASKS)
+    if unknown:
+        parser.error(f"--tasks: unknown {sorted(unknown)}")
     args.concurrency = (1, 4, 16) if not args.quick else (1, 4)
     if args.quick:
         args.repeats, args.seconds, args.max_batch = 2, min(args.seconds, 2.0), 2
+        args.accuracy_scenes = min(args.accuracy_scenes, 4)
+    return args
 
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     if args.formats_only:
         return _formats_only(args)
     started = time.perf_counter()
-    print("measuring the GEMM peak", file=sys.stderr)
+    arguments = sys.argv[1:] if argv is None else argv
+    print("measuring the GEMM peaks", file=sys.stderr)
+    peaks = machine.GemmPeaks().measure(size=2048 if not args.quick else 512)
     report = Report(
         machine=machine.machine_line(),
-        gemm_peak=machine.gemm_peak_gflops(size=2048 if not args.quick else 512),
+        peaks=peaks,
         date=datetime.now(UTC).strftime("%Y-%m-%d"),
-        command="python -m bench" + (" --quick" if args.quick else ""),
+        # Paths (the CI test's temporary checkpoint) would only be noise in the report.
+        command=shlex.join(["python", "-m", "bench", *("PATH" if a.startswith("/") else a for a in arguments)]),
     )
+    load_at_start = os.getloadavg()[0]
+    variants, problems = select(args.variants)
     models = _prepare_models(args)
     for model in models:
         print(f"model level: {model.name}", file=sys.stderr)
-        report.models.append(
-            _model_section(
-                model.name, model.checkpoint, model.bundle, model.side, model.params, args, model.int8_bundle
-            )
-        )
-    main_model = models[0]
-    print(f"service level: {main_model.name}", file=sys.stderr)
-    report.service = _service_section(main_model.bundle, main_model.side, args)
-    report.service.model = main_model.name
-    print("output formats", file=sys.stderr)
-    report.formats = _formats_section(models, args)
+        chosen = variants if model.exportable else [v for v in variants if v.precision in model.bundles]
+        section = _model_section(model, chosen, args)
+        section.not_run = {v.name: why for v, why in problems.items()} | section.not_run
+        report.models.append(section)
+    if "service" not in args.skip:
+        print(f"service level: {models[0].name}", file=sys.stderr)
+        report.service = _service_section(models[0], args)
+    if "formats" not in args.skip:
+        print("output formats", file=sys.stderr)
+        demo = next((m for m in models if m.accuracy), models[0])
+        report.formats = _formats_section(demo.bundles["fp32"], args)
+    print("measuring the GEMM peaks again", file=sys.stderr)
+    peaks.measure(size=2048 if not args.quick else 512)
+    report.load = (load_at_start, os.getloadavg()[0])
     report.seconds = time.perf_counter() - started
     changes = ROOT / "bench" / "changes.md"
     text = report.render(changes.read_text() if changes.is_file() and not args.quick else "")

@@ -88,10 +88,16 @@ def tiny_swin_config(labels: int = 150, queries: int = 100) -> MaskFormerConfig:
     )
 
 
-def save_trained_like(directory: Path, config: MaskFormerConfig, side: int, seed: int = 0) -> dict[str, object]:
+def save_trained_like(
+    directory: Path, config: MaskFormerConfig, side: int, seed: int = 0, regions: float | None = None
+) -> dict[str, object]:
     """Random weights in ``config`` with trained-like heads (``bench.trained_like``) calibrated on
     eight generated scenes at ``side`` x ``side``, saved with a ``side`` preprocessor. Idempotent:
-    an existing checkpoint built with the same arguments is kept. Returns its description."""
+    an existing checkpoint built with the same arguments is kept. Returns its description.
+
+    ``regions``: then re-fit the mask head with ``bench.region_masks`` (each kept query's mask the
+    region that looks like what it reads, covering about this share of the image), so that the
+    panoptic merge keeps distinct segments; None keeps ``make_trained_like``'s masks."""
     import copy
     import json
 
@@ -99,7 +105,9 @@ def save_trained_like(directory: Path, config: MaskFormerConfig, side: int, seed
     from demo.scenes import generate_scene
 
     marker = directory / "trained_like.json"
-    wanted = {"config": config.to_diff_dict(), "side": side, "seed": seed}
+    wanted: dict[str, object] = {"config": config.to_diff_dict(), "side": side, "seed": seed}
+    if regions is not None:  # absent otherwise, so that checkpoints built before it stay valid
+        wanted["regions"] = regions
     if marker.is_file() and (directory / "config.json").is_file():
         built = json.loads(marker.read_text())
         if built.get("wanted") == json.loads(json.dumps(wanted)):
@@ -108,7 +116,12 @@ def save_trained_like(directory: Path, config: MaskFormerConfig, side: int, seed
     # A copy: building the model rewrites its backbone config's model_type (swin ->
     # maskformer-swin), which would make the caller's config differ from the marker's next time.
     model = MaskFormerForInstanceSegmentation(copy.deepcopy(config)).eval()
-    fitted = make_trained_like(model, [generate_scene(10_000 + i, side).image for i in range(8)], seed=seed)
+    calibration = [generate_scene(10_000 + i, side).image for i in range(8)]
+    fitted: dict[str, float] = make_trained_like(model, calibration, seed=seed)
+    if regions is not None:
+        from bench.region_masks import fit_region_masks
+
+        fitted |= fit_region_masks(model, calibration, coverage=regions)
     description: dict[str, object] = {**fitted, **describe(model, [generate_scene(i, side).image for i in range(4)])}
     model.save_pretrained(directory)
     MaskFormerImageProcessor(size={"shortest_edge": side, "longest_edge": side}).save_pretrained(directory)

@@ -27,6 +27,7 @@ from typing import Any
 from PIL import Image
 
 from bench.model_level import MaskserveRunner, TransformersRunner
+from bench.variants import Variant
 from maskserve.bundle import Bundle, Canvas
 from maskserve.service.backends import Backend
 from maskserve.service.backends.ort import OnnxRuntimeBackend
@@ -39,7 +40,7 @@ CACHE = ROOT / ".bench"
 class Row:
     runner: str
     bundle: Bundle | None
-    run: Callable[[], dict[str, float]]
+    run: Callable[[], object]
     seconds: list[float] = field(default_factory=list)
 
     def median(self) -> float:
@@ -113,15 +114,18 @@ def _rows(
         else:
             backend = OnnxRuntimeBackend(bundle.model_path, bundle.manifest.max_batch, "cpu")
             name = f"maskserve {precision} (onnxruntime)"
-        runner = MaskserveRunner(str(path), side, params, name=precision, backend=backend)
+        runtime = "openvino" if precision == "bf16" else "onnxruntime"
+        variant = Variant(precision, runtime)
+        runner = MaskserveRunner(variant, str(path), side, params, [(side, side)], backend=backend, name=precision)
         rows.append(Row(name, bundle, _bind(runner, image, task)))
     f32 = OpenVinoBf16Backend(fp32.model_path, fp32.manifest.max_batch, precision_hint="f32")
-    runner = MaskserveRunner(str(bundles["fp32"]), side, params, name="openvino-f32", backend=f32)
+    openvino = Variant("fp32", "openvino")
+    runner = MaskserveRunner(openvino, str(bundles["fp32"]), side, params, [(side, side)], backend=f32, name="ov-f32")
     rows.append(Row("maskserve fp32 (openvino body)", None, _bind(runner, image, task)))
     return rows
 
 
-def _bind(runner: MaskserveRunner, image: Image.Image, task: str) -> Callable[[], dict[str, float]]:
+def _bind(runner: MaskserveRunner, image: Image.Image, task: str) -> Callable[[], object]:
     return lambda: runner.run([image], task)
 
 

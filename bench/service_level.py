@@ -17,10 +17,15 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from bench.workload import scenes
 from maskserve.bundle import TASK_OUTPUTS, Bundle
 from maskserve.service.backends import BackendOptions
 from maskserve.service.backends.base import graph_feeds
+from maskserve.service.decode import DEFAULT_MAX_IMAGE_PIXELS
 from maskserve.service.loading import load_backend
+from maskserve.service.postprocess import PanopticRule
+from maskserve.service.preprocess import Normalizer, prepare
+from maskserve.service.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -32,6 +37,7 @@ class LoadResult:
     latencies: tuple[float, ...]
     # Per answered request, the server's own per-stage seconds (the JSON's ``timing``).
     timings: tuple[dict[str, float], ...] = ()
+    segments: tuple[int, ...] = ()  # per answered request, the segments in the answer
 
     def stage(self, name: str) -> float:
         """Median seconds of one server stage (``inference``: the model call of the request's batch)."""
@@ -50,6 +56,11 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def default_rule() -> PanopticRule:
+    """The panoptic rule ``maskserve serve`` uses unless told otherwise."""
+    return PanopticRule(Settings.model_fields["panoptic_rule"].default)
 
 
 @contextlib.contextmanager
@@ -93,6 +104,7 @@ def server(
 async def _load(url: str, image: bytes, task: str, concurrency: int, seconds: float) -> LoadResult:
     latencies: list[float] = []
     timings: list[dict[str, float]] = []
+    segments: list[int] = []
     errors = 0
     stop = time.monotonic() + seconds
 
@@ -105,7 +117,9 @@ async def _load(url: str, image: bytes, task: str, concurrency: int, seconds: fl
             )
             if response.status_code == 200:
                 latencies.append(time.perf_counter() - started)
-                timings.append(response.json()["timing"])
+                answer = response.json()
+                timings.append(answer["timing"])
+                segments.append(len(answer["segments"]))
             else:
                 errors += 1
 
@@ -114,7 +128,7 @@ async def _load(url: str, image: bytes, task: str, concurrency: int, seconds: fl
     async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as http:
         await asyncio.gather(*(client(http) for _ in range(concurrency)))
     elapsed = time.monotonic() - started
-    return LoadResult(concurrency, len(latencies), errors, elapsed, tuple(latencies), tuple(timings))
+    return LoadResult(concurrency, len(latencies), errors, elapsed, tuple(latencies), tuple(timings), tuple(segments))
 
 
 def load(url: str, image: bytes, task: str, concurrency: int, seconds: float) -> LoadResult:
@@ -154,8 +168,12 @@ def _bare_child(bundle: Path, batch: int, canvas: tuple[int, int], task: str, se
     manifest = loaded.manifest
     # The server's own choice of options for this backend kind (threads, precision, heads).
     backend = load_backend(BackendOptions(backend=kind, provider="cpu"), loaded, [canvas], manifest.max_batch)
-    pixels = np.random.default_rng(0).standard_normal((batch, 3, *canvas)).astype(np.float32)
-    feeds = graph_feeds(pixels, [canvas] * batch, manifest.thresholds.score, manifest.thresholds.mask)
+    # A generated scene, as the service level posts: the heads' work depends on what is kept.
+    image = np.asarray(scenes(canvas, 1)[0])
+    prepared = prepare(image, DEFAULT_MAX_IMAGE_PIXELS, [canvas], Normalizer(manifest.normalization))
+    pixels = np.repeat(prepared.pixels[None], batch, axis=0)
+    thresholds = manifest.thresholds
+    feeds = graph_feeds(pixels, [canvas] * batch, thresholds.score, thresholds.mask, default_rule().upsampling)
     outputs = list(TASK_OUTPUTS[task])  # type: ignore[index]
     backend.run(feeds, outputs)
     images, started = 0, time.perf_counter()

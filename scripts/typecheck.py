@@ -20,7 +20,23 @@ ROOT = Path(__file__).resolve().parent.parent
 TREE = ROOT / ".cache" / "typecheck"
 # Repo tools type-checked beside the package: folders or single files (with their packages'
 # __init__.py). Not all of bench/: its older modules predate the check.
-TOOLS = ("demo", "bench/trained_like.py", "bench/checkpoints.py", "bench/gpu")
+TOOLS = (
+    "demo",
+    "bench/trained_like.py",
+    "bench/checkpoints.py",
+    "bench/gpu",
+    "bench/region_masks.py",
+    "bench/workload.py",
+    "bench/variants.py",
+    "bench/machine.py",
+    "bench/flops.py",
+    "bench/accuracy.py",
+    "bench/model_level.py",
+    "bench/service_level.py",
+    "bench/report.py",
+    "bench/targets.py",
+    "bench/__main__.py",
+)
 
 
 def link_tree(source: Path, target: Path) -> None:
