@@ -52,7 +52,7 @@ import torch
 from torch import Tensor, nn
 
 from maskserve.bundle import INPUTS, RAW_OUTPUTS, TASK_OUTPUTS, Bundle, PanopticUpsampling
-from maskserve.model.fused_head import panoptic_reduction, semantic_reduction
+from maskserve.model.fused_head import letterboxed_semantic_map, panoptic_reduction
 from maskserve.service import boundary_head, boundary_panoptic, logistic
 
 HEAD_TASKS = ("semantic", "panoptic")
@@ -73,10 +73,7 @@ class HeadOnly(nn.Module):
     ) -> tuple[Tensor, ...]:
         height, width = pixel_values.shape[-2], pixel_values.shape[-1]
         class_probs, mask_probs = class_logits.softmax(dim=-1), mask_logits.sigmoid()
-        rows = torch.arange(height).view(1, -1, 1) < image_sizes[:, 0].view(-1, 1, 1)
-        cols = torch.arange(width).view(1, 1, -1) < image_sizes[:, 1].view(-1, 1, 1)
-        semantic = semantic_reduction(class_probs, mask_probs, (height, width))
-        semantic = torch.where(rows & cols, semantic, torch.full_like(semantic, -1))
+        semantic = letterboxed_semantic_map(class_probs, mask_probs, image_sizes, (height, width))
         panoptic = panoptic_reduction(
             class_probs,
             mask_logits,

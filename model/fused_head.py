@@ -55,10 +55,7 @@ class FusedMaskHead(nn.Module):
         mask_probs = mask_logits.sigmoid()
         class_probs = class_logits.softmax(dim=-1)
 
-        valid = _valid_region(image_sizes, height, width)  # (B, H, W) bool
-        semantic_map = semantic_reduction(class_probs, mask_probs, (height, width))
-        semantic_map = torch.where(valid, semantic_map, torch.full_like(semantic_map, -1))
-
+        semantic_map = letterboxed_semantic_map(class_probs, mask_probs, image_sizes, (height, width))
         panoptic = panoptic_reduction(
             class_probs,
             mask_logits,
@@ -77,6 +74,16 @@ class FusedMaskHead(nn.Module):
             **panoptic,
             **instance,
         }
+
+
+def letterboxed_semantic_map(
+    class_probs: Tensor, mask_probs: Tensor, image_sizes: Tensor, canvas_hw: tuple[int, int]
+) -> Tensor:
+    """``(B, H, W)`` int64: ``semantic_reduction``'s label map, -1 outside each image's
+    letterboxed extent (``image_sizes``, ``(B, 2)``)."""
+    valid = _valid_region(image_sizes, *canvas_hw)  # (B, H, W) bool
+    semantic_map = semantic_reduction(class_probs, mask_probs, canvas_hw)
+    return torch.where(valid, semantic_map, torch.full_like(semantic_map, -1))
 
 
 def _valid_region(image_sizes: Tensor, height: int, width: int) -> Tensor:
