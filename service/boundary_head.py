@@ -359,10 +359,16 @@ def dense_argmax(grid: Grid, maps: Maps, scale: F32 | None, channels: Index) -> 
     best = np.full(grid.valid_hw, -np.inf, np.float32)
     winner = np.zeros(grid.valid_hw, np.intp)
     value = np.zeros(grid.valid_hw, np.float32)
+    # Reused planes: a fresh canvas-sized array per channel costs more than the arithmetic.
+    score = np.empty(grid.valid_hw, np.float32)
+    greater = np.empty(grid.valid_hw, bool)
     for channel in channels:
         plane = maps.take(np.array([channel])).upsample(grid)[0]
-        score = plane if scale is None else plane * scale[channel]
-        greater = score > best  # strict, channels ascending: the first maximum wins, as ArgMax
+        if scale is None:
+            np.copyto(score, plane)
+        else:
+            np.multiply(plane, scale[channel], out=score)
+        np.greater(score, best, out=greater)  # strict, channels ascending: the first maximum wins, as ArgMax
         np.copyto(best, score, where=greater)
         np.copyto(value, plane, where=greater)
         winner[greater] = channel
