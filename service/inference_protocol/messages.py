@@ -20,7 +20,7 @@ import base64
 import binascii
 import json
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from maskserve.service.errors import EmptyBody, InvalidRequest
+from maskserve.service.json_body import json_object
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 IMAGE = "IMAGE"
@@ -83,12 +84,7 @@ def parse_request(body: bytes, header_length: str | None) -> InferRequest:
 
 
 def _parse_json(header: bytes, tail: bytes) -> InferRequest:
-    try:
-        message = json.loads(header)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidRequest(f"the inference request is not JSON: {exc}") from None
-    if not isinstance(message, dict):
-        raise InvalidRequest("the inference request must be a JSON object")
+    message = json_object(header, "the inference request")
     request_id = message.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise InvalidRequest(f"id must be a string, got {request_id!r}")
@@ -168,7 +164,7 @@ def _images(inputs: object, tail: bytes) -> list[bytes]:
         content_type = parameters.get("content_type", "base64")
         if content_type != "base64":
             raise InvalidRequest(f"{IMAGE} in JSON must be base64 strings (content_type base64), not {content_type!r}")
-        images = [_base64(item, index) for index, item in enumerate(_flatten(tensor.get("data")))]
+        images = [_base64(item, index) for index, item in enumerate(_elements(tensor.get("data"), shape))]
     if len(images) != count:
         raise InvalidRequest(f"input {IMAGE} has shape {shape} but holds {len(images)} elements")
     for index, image in enumerate(images):
@@ -211,14 +207,17 @@ def _flag(value: object, what: str) -> bool:
     return value
 
 
-def _flatten(data: object) -> Iterator[object]:
+def _elements(data: object, shape: list[int]) -> list[object]:
+    """The elements of data of ``shape`` [N] or [N, 1]: a flat list (the protocol's row-major form),
+    or for [N, 1] also N one-element lists. Nothing deeper: the shape allows no more, and a parse
+    that followed any nesting would accept data that matches no shape."""
     if not isinstance(data, list):
         raise InvalidRequest(f"input {IMAGE} needs data (a list of base64 strings) or binary_data_size")
-    for item in data:
-        if isinstance(item, list):
-            yield from _flatten(item)
-        else:
-            yield item
+    if len(shape) == 2 and data and all(isinstance(row, list) for row in data):
+        if any(len(row) != 1 for row in data):
+            raise InvalidRequest(f"input {IMAGE} of shape {shape} must hold N strings or N one-element lists")
+        return [row[0] for row in data]
+    return list(data)
 
 
 def _base64(item: object, index: int) -> bytes:

@@ -4,6 +4,11 @@ Health answers with the protocol's bodies (``{"live": true}``, ``{"ready": true}
 semantics of ``/healthz`` and ``/readyz``; every error under ``/v2`` is ``{"error": "<message>"}``
 with the status of the v1 error table (``errors.install_handlers``' shapes). One model, named
 ``MASKSERVE_MODEL_NAME`` (default: the bundle's name), version ``1``.
+
+``LABEL_MAP`` in JSON form (``binary_data`` false, the default without ``binary_data_output``) is
+refused (422) above ``LABEL_MAP_JSON_MAX_PIXELS`` pixels across the request's images: as JSON numbers
+a 40-megapixel map is over a gigabyte of text, built for seconds while holding the GIL. The binary
+form has no such limit beyond the image limits: 4 bytes a pixel.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
 import maskserve
-from maskserve.service import pipeline, uploads
+from maskserve.service import maps, pipeline, uploads
 from maskserve.service.api import get_state, not_live, not_ready
 from maskserve.service.errors import InvalidRequest, NotFound
 from maskserve.service.inference_protocol.messages import (
@@ -42,6 +47,7 @@ from maskserve.service.workers import FINISH, START
 PREFIX = "/v2"
 MODEL_VERSION = "1"
 EXTENSIONS = ("binary_tensor_data",)
+LABEL_MAP_JSON_MAX_PIXELS = 4_000_000  # N x H x W; JSON text of about 12 to 16 MB
 
 
 class ProtocolError(BaseModel):
@@ -122,7 +128,7 @@ async def model_ready(name: str, server: StateDep, version: str | None = None) -
     f"binary tensor data extension ({HEADER_LENGTH}), or as the whole body with {HEADER_LENGTH}: 0. "
     "Parameters: task, threshold, mask_threshold, overlap_threshold, label_ids, min_area. Outputs: "
     f"{SEGMENTS} (BYTES [N], each the /v1/segment JSON of one image) and, on request, {LABEL_MAP} "
-    "(INT32 [N, H, W]).",
+    f"(INT32 [N, H, W]; as JSON at most {LABEL_MAP_JSON_MAX_PIXELS} pixels in all, binary_data for more).",
 )
 @router.post("/models/{name}/versions/{version}/infer", summary="Segment N images")
 async def infer(name: str, request: Request, server: StateDep, version: str | None = None) -> Response:
@@ -190,7 +196,16 @@ def _response(name: str, parsed: InferRequest, answers: list[pipeline.Answer]) -
             sizes = {(answer.result.height, answer.result.width) for answer in answers}
             if len(sizes) != 1:
                 raise InvalidRequest(f"{LABEL_MAP} is one [N, H, W] tensor: the images differ in size {sorted(sizes)}")
-            maps = np.stack([answer.result.label_map() for answer in answers])
-            tensor = Tensor(LABEL_MAP, "INT32", maps.shape, maps)
+            ((height, width),) = sizes
+            pixels = len(answers) * height * width
+            if not requested.binary and pixels > LABEL_MAP_JSON_MAX_PIXELS:
+                raise InvalidRequest(
+                    f"{LABEL_MAP} as JSON is limited to {LABEL_MAP_JSON_MAX_PIXELS} pixels in all; this one would "
+                    f"be {len(answers)} x {height} x {width} = {pixels}: ask for it with binary_data true "
+                    "(the binary tensor data extension)"
+                )
+            # Painted from the RLE runs: Result.label_map() decodes every mask to a whole frame.
+            label_maps = np.stack([maps.label_map(answer.result) for answer in answers])
+            tensor = Tensor(LABEL_MAP, "INT32", label_maps.shape, label_maps)
         outputs.append((requested, tensor))
     return encode_response(name, MODEL_VERSION, parsed.id, outputs)

@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 
 import httpx
 
+from maskserve.service.json_body import json_object
+
 MAX_REDIRECTS = 3
 CLOUD_SCHEMES = ("s3", "gs", "azure-blob", "azure-spi")
 _REDIRECTS = (301, 302, 303, 307, 308)
@@ -72,7 +74,9 @@ class LabelStudio:
             response = await client.post(str(self.join("/api/token/refresh/")), json={"refresh": self.api_key})
             if response.status_code != 200:
                 raise FetchFailed(f"Label Studio refused the personal access token: HTTP {response.status_code}")
-            access = response.json().get("access")
+            # A 200 may still be a proxy's or a login page: that fails this fetch, not the request.
+            answer = json_object(response.content, "Label Studio's token refresh answer", FetchFailed)
+            access = answer.get("access")
             if not isinstance(access, str):
                 raise FetchFailed("Label Studio's token refresh answered without an access token")
             self._access = (access, _expiry(access))

@@ -16,7 +16,6 @@ Label Studio predicts those tasks again later instead of storing empty predictio
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from typing import Annotated, Any
@@ -29,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from maskserve.service import pipeline, uploads
 from maskserve.service.api import get_state, not_ready
 from maskserve.service.errors import EmptyBody, ImageTooLarge, InvalidImage, InvalidRequest, UnsupportedMediaType
+from maskserve.service.json_body import json_object
 from maskserve.service.labelstudio.config import Target, parse_label_config
 from maskserve.service.labelstudio.fetch import Fetcher, FetchFailed, FetchRefused, LabelStudio
 from maskserve.service.labelstudio.results import build_prediction, empty_prediction
@@ -234,13 +234,7 @@ async def _json(request: Request, server: ServerState) -> dict[str, Any]:
     deadline = request.state.arrival + settings.request_timeout_s
     with server.hold_body(uploads.declared_length(request)) as held:
         body = await uploads.read_body(request, held.limit, settings.body_timeout_s, deadline, server.guard)
-    try:
-        parsed = json.loads(body) if body else {}
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidRequest(f"the body is not JSON: {exc}") from None
-    if not isinstance(parsed, dict):
-        raise InvalidRequest("the body must be a JSON object")
-    return parsed
+    return json_object(body, "the body") if body else {}
 
 
 def _problems(exc: ValidationError) -> str:

@@ -110,8 +110,11 @@ def test_parameters_become_segmenter_arguments() -> None:
             segment_arguments(bad)  # type: ignore[arg-type]
 
 
+_IMG = base64.b64encode(b"img").decode()
+
+
 def _tensor(**changes: object) -> bytes:
-    tensor = {"name": IMAGE, "datatype": "BYTES", "shape": [1], "data": [base64.b64encode(b"img").decode()]}
+    tensor = {"name": IMAGE, "datatype": "BYTES", "shape": [1], "data": [_IMG]}
     tensor.update(changes)
     return json.dumps({"inputs": [tensor]}).encode()
 
@@ -121,6 +124,10 @@ BAD: list[tuple[str, bytes, str | None, str]] = [
     ("header past the body", b"{}", "99", "the body has 2 bytes"),
     ("not JSON", b"\x89PNG...", None, "not JSON"),
     ("not an object", b"[]", None, "must be a JSON object"),
+    # json.loads raises plain ValueError past Python's integer digit limit, RecursionError when deep.
+    ("integer past the digit limit", b'{"id": ' + b"1" * 5000 + b"}", None, "not JSON: Exceeds the limit"),
+    ("nested too deeply", b"[" * 100_000, None, "nested too deeply"),
+    ("not UTF-8", b'{"id": "\xff"}', None, "not JSON"),
     ("no inputs", b'{"inputs": []}', None, "non-empty list"),
     ("wrong input name", _tensor(name="image"), None, "got inputs \\['image'\\]"),
     ("two inputs", b'{"inputs": [{"name": "IMAGE"}, {"name": "MASK"}]}', None, "got inputs"),
@@ -133,6 +140,11 @@ BAD: list[tuple[str, bytes, str | None, str]] = [
     ("str content type", _tensor(parameters={"content_type": "str"}), None, "content_type base64"),
     ("no data", _tensor(data=None), None, "needs data"),
     ("empty image", _tensor(data=[""]), None, "is empty"),
+    # Data of shape [N] is N strings, of [N, 1] those or N one-element lists: nothing deeper.
+    ("nested data for shape [N]", _tensor(data=[[_IMG]]), None, "element 0 of IMAGE must be a base64 string, got list"),
+    ("data nested past [N, 1]", _tensor(shape=[1, 1], data=[[[_IMG]]]), None, "must be a base64 string, got list"),
+    ("deep data", _tensor(data=json.loads("[" * 500 + '"aW1n"' + "]" * 500)), None, "must be a base64 string"),
+    ("rows of two for [N, 1]", _tensor(shape=[2, 1], data=[[_IMG, _IMG]]), None, "one-element lists"),
     (
         "unknown output",
         json.dumps({"inputs": json.loads(_tensor())["inputs"], "outputs": [{"name": "MASKS"}]}).encode(),

@@ -22,10 +22,12 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.http as triton
+from PIL import Image
 from pycocotools import mask as coco_mask
 from tritonclient.utils import InferenceServerException
 
 from maskserve.service.inference_protocol.messages import join_bytes
+from maskserve.service.inference_protocol.routes import LABEL_MAP_JSON_MAX_PIXELS
 from maskserve.service.state import ServerState, State
 from tests.service import images
 from tests.service.server import HeldBackend, metric, running_server
@@ -155,8 +157,34 @@ def test_errors_are_protocol_errors(server: tuple[str, ServerState], client: tri
             f"/v2/models/{MODEL}/infer", content=b"\0" * (2**20 + 1), headers={"Inference-Header-Content-Length": "0"}
         )
         assert oversized.status_code == 413 and "limit" in oversized.json()["error"]
+        # json.loads raises plain ValueError past the integer digit limit, RecursionError when deep.
+        for body, needle in ((b'{"id": ' + b"1" * 5000 + b"}", "Exceeds the limit"), (b"[" * 100_000, "too deeply")):
+            refused = http.post(f"/v2/models/{MODEL}/infer", content=body)
+            assert refused.status_code == 422 and needle in refused.json()["error"], refused.text
         # /v1 keeps its own shape.
         assert http.get("/v1/nope").json()["error"]["type"] == "not_found"
+
+
+def test_label_map_as_json_is_capped(client: triton.InferenceServerClient) -> None:
+    """A JSON LABEL_MAP is a number per pixel: above LABEL_MAP_JSON_MAX_PIXELS in all it is refused,
+    pointing at binary_data; below, it equals the binary one."""
+    scene = Image.open(SCENES[0]).convert("RGB").resize((1400, 1500), Image.Resampling.NEAREST)
+    big = images.encode(scene, "PNG")  # 2 x 1500 x 1400 = 4.2 megapixels, over the cap
+    assert 2 * 1500 * 1400 > LABEL_MAP_JSON_MAX_PIXELS >= 1500 * 1400
+
+    def label_map(data: list[bytes], binary: bool) -> np.ndarray:
+        outputs = [triton.InferRequestedOutput("LABEL_MAP", binary_data=binary)]
+        result = client.infer(MODEL, [_image_input(data, True)], outputs=outputs, parameters={"task": "semantic"})
+        return result.as_numpy("LABEL_MAP")
+
+    with pytest.raises(InferenceServerException) as caught:
+        label_map([big, big], binary=False)
+    assert caught.value.status() == "422", str(caught.value)
+    assert "LABEL_MAP as JSON is limited to" in caught.value.message() and "binary_data" in caught.value.message()
+    assert label_map([big, big], binary=True).shape == (2, 1500, 1400)
+    as_json = label_map([big], binary=False)
+    assert as_json.shape == (1, 1500, 1400) and len(np.unique(as_json)) > 1
+    assert np.array_equal(as_json, label_map([big], binary=True))
 
 
 def test_raw_binary_and_curl_from_the_readme(server: tuple[str, ServerState]) -> None:

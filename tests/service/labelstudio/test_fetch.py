@@ -174,3 +174,18 @@ def test_cloud_storage_goes_through_presign_to_an_allowed_storage_host(site: Ser
     assert "authorization" not in other.seen[0].headers  # the key never leaves Label Studio's host
     with pytest.raises(FetchRefused, match="needs the task id"):
         fetch(uri, ["127.0.0.2"], studio, task_id=None)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"<!doctype html><title>Sign in</title>", b'["access"]', b"[" * 100_000],
+    ids=["an HTML page", "not an object", "nested too deeply"],
+)
+def test_a_token_refresh_answer_that_is_not_a_json_object_fails_the_fetch(site: Server, body: bytes) -> None:
+    """A 200 that is not JSON (a proxy's or a login page) is the fetch failing, not the request."""
+    site.routes["/api/token/refresh/"] = lambda _: Answer(body=body, headers={"Content-Type": "text/html"})
+    site.routes["/data/local-files/"] = lambda _: Answer(body=PNG)
+    studio = LabelStudio(site.base, _jwt({"token_type": "refresh"}))
+    with pytest.raises(FetchFailed, match="Label Studio's token refresh answer"):
+        fetch("/data/local-files/?d=images/a.png", [], studio)
+    assert not any(seen.method == "GET" for seen in site.seen)

@@ -196,3 +196,22 @@ def test_bad_predict_bodies(server: tuple[str, ServerState], body: dict, status:
     assert response.status_code == status, response.text
     if status == 200:
         assert response.json()["results"][0]["result"] == []
+
+
+@pytest.mark.parametrize(
+    ("body", "needle"),
+    [
+        (b'{"tasks": ' + b"1" * 5000 + b"}", "not JSON: Exceeds the limit"),  # json.loads: plain ValueError
+        (b"[" * 100_000, "nested too deeply"),  # json.loads: RecursionError
+        (b"\xff\xfe", "not JSON"),
+        (b"[]", "must be a JSON object"),
+    ],
+    ids=["integer past the digit limit", "nested too deeply", "not UTF-8", "not an object"],
+)
+@pytest.mark.parametrize("path", ["/labelstudio/predict", "/labelstudio/setup"])
+def test_bodies_that_do_not_parse_are_422(server: tuple[str, ServerState], path: str, body: bytes, needle: str) -> None:
+    url, _ = server
+    response = httpx.post(f"{url}{path}", content=body, headers={"Content-Type": "application/json"}, timeout=60)
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request" and needle in error["message"], error
