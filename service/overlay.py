@@ -33,6 +33,7 @@ PALETTE: tuple[tuple[int, int, int], ...] = tuple(
     )
 )
 ALPHA = 128  # of 255: the colour's weight in the tint (the page draws its overlay at this alpha)
+JPEG_MAX_SIDE = 65500  # libjpeg's JPEG_MAX_DIMENSION: Pillow raises OSError past it
 LABEL_GRID = 512  # label points are found on at most this many samples along a segment's bbox side
 PictureKind = Literal["png", "jpeg"]
 

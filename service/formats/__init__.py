@@ -14,6 +14,8 @@
 The query parameter wins over the header; ``*/*`` and ``application/*`` mean JSON, ``image/*``
 the PNG overlay, and an ``Accept`` with none of these is a 406. Every answer carries the
 per-stage timings in a ``Server-Timing`` header (milliseconds), and the JSON ones in ``timing``.
+JPEG holds at most ``overlay.JPEG_MAX_SIDE`` (65500) pixels a side: ``overlay_jpeg`` of a larger
+image is a 422.
 """
 
 from __future__ import annotations
@@ -27,13 +29,13 @@ from typing import Any
 from maskserve.bundle import Manifest
 from maskserve.service import maps
 from maskserve.service.decode import DEFAULT_MAX_IMAGE_PIXELS, open_image, to_rgb
-from maskserve.service.errors import NotAcceptable
+from maskserve.service.errors import InvalidRequest, NotAcceptable
 from maskserve.service.formats.label_png import label_map_png, segments_without_masks
 from maskserve.service.formats.multipart import Part, encode_multipart
 from maskserve.service.formats.panoptic import panoptic_png
 from maskserve.service.formats.polygon_json import MEDIA_TYPE as POLYGONS_TYPE
 from maskserve.service.formats.polygon_json import polygon_segments
-from maskserve.service.overlay import PictureKind, encode_picture, picture, segment_marks
+from maskserve.service.overlay import JPEG_MAX_SIDE, PictureKind, encode_picture, picture, segment_marks
 from maskserve.service.response import TIMING_ORDER, render_json
 from maskserve.service.result import Result
 
@@ -152,6 +154,12 @@ def render_parts(
         ]
     if image is None:
         raise ValueError("an overlay needs the image")
+    if fmt is OutputFormat.OVERLAY_JPEG and max(result.height, result.width) > JPEG_MAX_SIDE:
+        # Checked before drawing: the encoder would fail only after all of it.
+        raise InvalidRequest(
+            f"format overlay_jpeg: JPEG holds at most {JPEG_MAX_SIDE} pixels a side, the image is "
+            f"{result.width}x{result.height}; use format=overlay (PNG)"
+        )
     ids = maps.segment_map(result, maps.id_dtype(len(result.segments)))
     drawn = picture(to_rgb(open_image(image, max_pixels)), ids, segment_marks(ids, result.segments), in_place=True)
     kind: PictureKind = "png" if fmt is OutputFormat.OVERLAY else "jpeg"

@@ -14,7 +14,9 @@ from PIL import Image
 
 from maskserve.service.formats import ACCEPT, OutputFormat
 from maskserve.service.formats.multipart import parse_multipart
+from maskserve.service.overlay import JPEG_MAX_SIDE
 from maskserve.service.rle import decode_mask
+from tests.service import images
 from tests.service.server import running_server
 
 EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "scene-1.png"
@@ -34,6 +36,7 @@ def test_every_format_by_query_and_by_accept(server: httpx.Client) -> None:
     default = _post(server)
     assert default.status_code == 200 and default.headers["content-type"] == "application/json"
     masks = {s["id"]: decode_mask(s["rle"]) for s in default.json()["segments"]}
+    assert masks, "the example should have segments, or the checks below check nothing"
     by_accept = {fmt: media for media, fmt in ACCEPT.items() if "*" not in media}
     for fmt in OutputFormat:
         answers = [_post(server, params={"format": fmt.value}), _post(server, headers={"Accept": by_accept[fmt]})]
@@ -75,3 +78,15 @@ def test_format_errors_have_the_error_shape(server: httpx.Client) -> None:
     refused = _post(server, headers={"Accept": "text/csv"})
     assert refused.status_code == 406 and refused.json()["error"]["type"] == "not_acceptable"
     assert _post(server, params={"format": "json"}, headers={"Accept": "text/csv"}).status_code == 200
+
+
+def test_a_jpeg_overlay_past_jpegs_side_limit_is_422(server: httpx.Client) -> None:
+    """JPEG holds at most 65500 pixels a side (Pillow raises OSError past it): refused before
+    drawing, naming the limit; the PNG overlay and the JSON answer have no such limit."""
+    wide = images.png(16, JPEG_MAX_SIDE + 1)
+    refused = server.post("/v1/segment", params={"format": "overlay_jpeg"}, files={"image": ("wide.png", wide)})
+    assert refused.status_code == 422, refused.text
+    error = refused.json()["error"]
+    assert error["type"] == "invalid_request" and "65500" in error["message"] and "overlay" in error["message"]
+    answered = server.post("/v1/segment", files={"image": ("wide.png", wide)})
+    assert answered.status_code == 200 and answered.json()["image"]["width"] == JPEG_MAX_SIDE + 1, answered.text
