@@ -28,6 +28,8 @@ from maskserve.errors import UsageError
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 FORMATS = ("json", "polygons", "png", "coco_panoptic", "overlay", "overlay_jpeg")
 SUFFIXES = {"segments": ".json", "annotation": ".json", "label_map": ".png", "panoptic": ".png"}
+# backends.ort's PROVIDERS and auto, spelled out so that parsing arguments imports no onnxruntime.
+PROVIDER_CHOICES = ("auto", "tensorrt", "cuda", "cpu")
 
 
 def _unit(text: str) -> float:
@@ -63,7 +65,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--api-key", default=os.environ.get("MASKSERVE_API_KEY"), help="bearer token (env MASKSERVE_API_KEY)"
     )
     parser.add_argument("--bundle", type=Path, help="in-process: bundle directory (default: the demo model)")
-    parser.add_argument("--provider", default="auto", help="in-process: ONNX Runtime provider (default auto)")
+    parser.add_argument(
+        "--provider", choices=PROVIDER_CHOICES, default="auto", help="in-process: ONNX Runtime provider (default auto)"
+    )
 
 
 @dataclass(frozen=True)

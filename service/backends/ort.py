@@ -57,6 +57,8 @@ def provider_chain(choice: str, available: Sequence[str], tensorrt_present: bool
     options (seen with onnxruntime-gpu 1.31.1 on a machine without TensorRT).
     """
     if choice != "auto":
+        if choice not in PROVIDERS:
+            raise BackendError(f"unknown provider {choice!r}; choices: auto, {', '.join(PROVIDERS)}")
         name = PROVIDERS[choice]
         if name not in available:
             raise BackendError(

@@ -144,6 +144,7 @@ def test_failures_are_reported_at_the_end_and_the_rest_written(tmp_path: Path, d
         (["--concurrency", "0", "examples"], "--concurrency must be at least 1"),
         (["examples/scene-1.png", "examples/scene-1.png"], "would both be written as scene-1"),
         (["--label-ids", "0,99", "examples/scene-1.png"], "label_ids [99] are not labels"),
+        (["--provider", "foo", "examples/scene-1.png"], "argument --provider: invalid choice: 'foo'"),
     ],
 )
 def test_usage_errors_are_one_line_and_exit_2(args: list[str], needle: str, tmp_path: Path) -> None:
