@@ -78,6 +78,9 @@ def test_pieces_join_back_into_the_wheels_bit_for_bit(built: Path, tmp_path: Pat
     manifest = pieces.load_manifest(built / "carried")
     assert all(piece["bytes"] <= 64 << 10 for piece in manifest["pieces"])
     wheels = pieces.unpack(built / "carried", manifest, tmp_path / "joined")
+    # Every built wheel comes back (an empty list would pass the loop below).
+    assert sorted(wheel.name for wheel in wheels) == sorted(path.name for path in (built / "wheels").glob("*.whl"))
+    assert len(wheels) == 2
     for wheel in wheels:
         with zipfile.ZipFile(wheel) as stored, zipfile.ZipFile(built / "wheels" / wheel.name) as original:
             assert all(info.compress_type == zipfile.ZIP_STORED for info in stored.infolist())

@@ -8,7 +8,6 @@ time, so that it holds on a slow shared CI machine and a fast one alike.
 from __future__ import annotations
 
 import asyncio
-import statistics
 from functools import cache
 from pathlib import Path
 
@@ -89,8 +88,6 @@ def test_overload_is_refused_before_decoding() -> None:
     assert all(reply.error_type == "overloaded" and int(reply.headers["retry-after"]) >= 1 for reply in rejected)
     assert decoded == len(ok), f"{decoded} images decoded for {len(ok)} answers: refused requests were decoded"
     assert refused == len(rejected)
-    # Refusals do not wait for the work ahead of them.
-    assert statistics.median(r.seconds for r in rejected) < statistics.median(r.seconds for r in ok)
 
 
 def test_a_small_request_is_not_decoded_behind_a_burst_of_large_ones() -> None:
