@@ -6,7 +6,8 @@ post-processed, so every answer waited for the whole burst (head-of-line blockin
 has a priority: ``FINISH`` (post-processing and rendering of images that have run) before ``START``
 (decoding), and among decodes the smaller body first, so a small request sent into a burst of large
 ones is not decoded last. The admission limit (``MASKSERVE_MAX_QUEUE``) and each request's deadline
-bound how long a large decode can be passed over. A task cancelled before it starts never runs.
+bound how long a large decode can be passed over. A task cancelled before it starts never runs, and
+leaves the queue at once: it holds its arguments (an upload's bytes) and counts in ``pending``.
 """
 
 from __future__ import annotations
@@ -68,7 +69,24 @@ class WorkerPool:
                 raise RuntimeError("the worker pool is closed")
             heapq.heappush(self._heap, task)
             self._ready.notify()
-        return await future
+        try:
+            return await future
+        except asyncio.CancelledError:
+            # The deadline or the drain gave up on this task. Left in the heap it would keep its
+            # arguments (an upload's bytes, counted nowhere once the request has left) and inflate
+            # ``pending`` (hence Retry-After) until a worker popped it, and large decodes are
+            # popped last. A task a worker has already taken is not in the heap: it runs, and its
+            # result is dropped.
+            self._discard(task)
+            raise
+
+    def _discard(self, task: _Task) -> None:
+        with self._ready:
+            try:
+                self._heap.remove(task)  # by identity: _Task compares by its unique key
+            except ValueError:
+                return
+            heapq.heapify(self._heap)
 
     def close(self) -> None:
         """Stop taking tasks; those not started are dropped, running ones finish on their own."""
@@ -91,6 +109,7 @@ class WorkerPool:
             # Read across threads without a lock: at worst a task cancelled this instant still runs
             # and its result is dropped.
             if task.future.cancelled():  # its request gave up while it waited
+                del task  # not held while this thread waits for the next one
                 continue
             try:
                 outcome: tuple[Callable[..., None], Any] = (_succeed, task.fn())
