@@ -75,8 +75,14 @@ def guarded_protocol(header_timeout_s: float, max_connections: int, metrics: Met
                 self._disarm_head_timer()
 
         def on_response_complete(self) -> None:
+            before = self.cycle
+            # uvicorn's own parses a pipelined request already buffered and starts serving it (a
+            # new cycle) before returning; its headers have arrived, so no timer for them: armed
+            # here it would close the connection while that request is being served.
             super().on_response_complete()
-            if not self.transport.is_closing():
+            if self.cycle is not before:
+                self._last_cycle = self.cycle
+            elif not self.transport.is_closing():
                 self._arm_head_timer()  # the next request's headers (uvicorn's keep-alive covers silence)
 
         def send_400_response(self, msg: str) -> None:
