@@ -38,6 +38,7 @@ def test_a_drain_that_runs_out_of_time_answers_503_and_exits_on_time() -> None:
         deadline = time.monotonic() + 120
         while server.metric("maskserve_inflight_requests") < COUNT and time.monotonic() < deadline:
             time.sleep(0.05)  # every upload read and admitted: more work than the drain's second
+        assert server.metric("maskserve_inflight_requests") >= COUNT, "the burst was never all admitted"
         code, seconds = server.terminate(timeout=120)
         thread.join(timeout=120)
         stalled_reply = b""
@@ -54,7 +55,9 @@ def test_a_drain_that_runs_out_of_time_answers_503_and_exits_on_time() -> None:
     assert http_status(stalled_reply) == 503 and json_body(stalled_reply)["error"]["type"] == "draining"
     assert code == 0, log[-3000:]
     longest_batch = max((r.body["timing"]["inference"] for r in result.with_status(200)), default=0.0)
-    # The documented bound (service/server.py), plus 2 s for the interpreter to tear down.
-    bound = DRAIN_S + ABORT_S + GRACE_S + longest_batch + 2.0
+    # A hang guard, not a timing measurement: the documented bound (service/server.py) plus 30 s,
+    # since a loaded machine can be slow to tear the interpreter down. That the drain stopped at
+    # its timeout is shown by the 503s above, not by this.
+    bound = DRAIN_S + ABORT_S + GRACE_S + longest_batch + 30.0
     assert seconds <= bound, f"exit took {seconds:.2f} s, the bound is {bound:.2f} s"
     assert "Traceback" not in log and "500 Internal" not in log, log[-3000:]

@@ -153,8 +153,19 @@ def test_upload_draws_the_answer_where_the_api_says(browser: webdriver.Chrome, s
     browser.find_element(By.ID, "download-json").click()
     browser.find_element(By.ID, "download-png").click()
     saved_json, saved_png = downloads / "scene-1.json", downloads / "scene-1.overlay.png"
-    _wait(browser, lambda _: saved_json.is_file() and saved_png.is_file() and saved_png.stat().st_size > 0)
-    time.sleep(0.2)  # the file is renamed into place when complete; let a last write land
+
+    def saved(_: object) -> bool:
+        # Chrome writes into a .crdownload file and renames it when complete; until no such file is
+        # left and the JSON parses, a download may still be landing.
+        if list(downloads.glob("*.crdownload")) or not (saved_png.is_file() and saved_png.stat().st_size > 0):
+            return False
+        try:
+            json.loads(saved_json.read_text())
+        except (OSError, ValueError):  # not there yet, or not all written
+            return False
+        return True
+
+    _wait(browser, saved)
     assert json.loads(saved_json.read_text())["segments"] == segments
     picture = np.asarray(Image.open(saved_png).convert("RGB")).astype(int)
     assert picture.shape == (height, width, 3)
