@@ -104,6 +104,19 @@ class Grid:
         c1, c2 = self.cols.band_lo[None, :], self.cols.band_hi[None, :]
         return x[..., r1, c1], x[..., r1, c2], x[..., r2, c1], x[..., r2, c2]
 
+    def pair_corners(self, low: F32, channel: Index, cell_rows: Index, cell_cols: Index) -> tuple[F32, F32, F32, F32]:
+        """The four corners of one channel per cell: ``low (C, h, w)`` -> four ``(n,)``, in
+        ``corners``' order."""
+        width = low.shape[-1]
+        r1, c1 = self.rows.band_lo[cell_rows], self.cols.band_lo[cell_cols]
+        # One flat index and offsets: gathers by three index arrays cost several times as much.
+        top_left = (channel * low.shape[-2] + r1) * width + c1
+        right = self.cols.band_hi[cell_cols] - c1
+        down = (self.rows.band_hi[cell_rows] - r1) * width
+        flat = low.reshape(-1)
+        bottom_left = top_left + down
+        return flat.take(top_left), flat.take(top_left + right), flat.take(bottom_left), flat.take(bottom_left + right)
+
     def expand(self, per_cell: npt.NDArray[T]) -> npt.NDArray[T]:
         """``(rows, cols)`` -> ``(valid_h, valid_w)``: each cell's value on its valid pixels."""
         valid_h, valid_w = self.valid_hw
@@ -149,10 +162,7 @@ class Grid:
         rows, cols = self.rows, self.cols
         height, width = self.cell_shape(cell_rows, cell_cols)
         y, x = rows.positions[cell_rows, :height], cols.positions[cell_cols, :width]  # (n, R), (n, C)
-        r1, r2 = rows.band_lo[cell_rows], rows.band_hi[cell_rows]
-        c1, c2 = cols.band_lo[cell_cols], cols.band_hi[cell_cols]
-        x11, x21 = low[channel, r1, c1][:, None, None], low[channel, r1, c2][:, None, None]
-        x12, x22 = low[channel, r2, c1][:, None, None], low[channel, r2, c2][:, None, None]
+        x11, x21, x12, x22 = (corner[:, None, None] for corner in self.pair_corners(low, channel, cell_rows, cell_cols))
         dy2, dy1 = rows.w_lo[y][:, :, None], rows.w_hi[y][:, :, None]
         dx2, dx1 = cols.w_lo[x][:, None, :], cols.w_hi[x][:, None, :]
         value: F32 = (((dx2 * dy2) * x11 + (dx1 * dy2) * x21) + (dx2 * dy1) * x12) + (dx1 * dy1) * x22

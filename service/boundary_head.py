@@ -221,10 +221,7 @@ class Maps:
 
     def pair_range(self, grid: Grid, channel: Index, cell_rows: Index, cell_cols: Index) -> tuple[F32, F32]:
         """As ``cell_range`` for one channel per cell: two ``(n,)``."""
-        r1, r2 = grid.rows.band_lo[cell_rows], grid.rows.band_hi[cell_rows]
-        c1, c2 = grid.cols.band_lo[cell_cols], grid.cols.band_hi[cell_cols]
-        low = self.low
-        a, b, c, d = low[channel, r1, c1], low[channel, r1, c2], low[channel, r2, c1], low[channel, r2, c2]
+        a, b, c, d = grid.pair_corners(self.low, channel, cell_rows, cell_cols)
         small, large = np.minimum(np.minimum(a, b), np.minimum(c, d)), np.maximum(np.maximum(a, b), np.maximum(c, d))
         return self._widen(small, large, channel)
 
