@@ -302,13 +302,9 @@ def _window_reduce(x: npt.NDArray[T], axis: int, size: int, reduce: np.ufunc) ->
     return result
 
 
-def resize_probe() -> tuple[onnx.ModelProto, dict[str, npt.NDArray[np.generic]], F32]:
-    """A one-node Resize graph like the heads', feeds for it, and the output this module computes.
-
-    Equality at the boundary pixels rests on replicating ONNX Runtime's Resize arithmetic, which
-    differs between its versions and architectures (newer builds interpolate separably, with
-    NEON on ARM): the backend runs this graph once and uses the host head only if they agree.
-    """
+def resize_model() -> onnx.ModelProto:
+    """A one-node graph with the heads' Resize (linear, ``half_pixel``, opset 18): inputs ``x``
+    ``(N, C, h, w)`` float32 and ``sizes`` ``(4,)`` int64, output ``y``."""
     from onnx import TensorProto, helper
 
     node = helper.make_node(
@@ -316,14 +312,24 @@ def resize_probe() -> tuple[onnx.ModelProto, dict[str, npt.NDArray[np.generic]],
     )
     graph = helper.make_graph(
         [node],
-        "resize_probe",
+        "resize",
         [
             helper.make_tensor_value_info("x", TensorProto.FLOAT, None),
             helper.make_tensor_value_info("sizes", TensorProto.INT64, [4]),
         ],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+def resize_probe() -> tuple[onnx.ModelProto, dict[str, npt.NDArray[np.generic]], F32]:
+    """A one-node Resize graph like the heads', feeds for it, and the output this module computes.
+
+    Equality at the boundary pixels rests on replicating ONNX Runtime's Resize arithmetic, which
+    differs between its versions and architectures (newer builds interpolate separably, with
+    NEON on ARM): the backend runs this graph once and uses the host head only if they agree.
+    """
+    model = resize_model()
     rng = np.random.default_rng(0)
     # Magnitudes from subnormal to large, on an odd-sized map (edge clamping on both sides).
     low = (rng.random((3, 13, 17)) * 10.0 ** rng.integers(-40, 4, (3, 13, 17))).astype(np.float32)

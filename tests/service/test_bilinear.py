@@ -6,7 +6,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from maskserve.service.bilinear import Grid, resize_probe
+from maskserve.service.bilinear import Grid, resize_model, resize_probe
 
 
 def test_the_probe_equals_onnxruntime() -> None:
@@ -70,22 +70,7 @@ def test_block_ranges_bound_their_cells(low: tuple[int, int], canvas: tuple[int,
 
 def _onnxruntime_resize(values: np.ndarray, canvas: tuple[int, int]) -> np.ndarray:
     """ONNX Runtime's Resize (linear, half_pixel) of ``values (C, h, w)`` to ``canvas``, as the heads call it."""
-    from onnx import TensorProto, helper
-
-    node = helper.make_node(
-        "Resize", ["x", "", "", "sizes"], ["y"], mode="linear", coordinate_transformation_mode="half_pixel"
-    )
-    graph = helper.make_graph(
-        [node],
-        "resize",
-        [
-            helper.make_tensor_value_info("x", TensorProto.FLOAT, None),
-            helper.make_tensor_value_info("sizes", TensorProto.INT64, [4]),
-        ],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(resize_model().SerializeToString(), providers=["CPUExecutionProvider"])
     sizes = np.array([1, values.shape[0], *canvas], np.int64)
     result: np.ndarray = session.run(None, {"x": values[None], "sizes": sizes})[0][0]
     return result
