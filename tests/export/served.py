@@ -34,7 +34,9 @@ TIE_PIXELS = 2
 # near_ties: how far the graph's logits may be from PyTorch's, and the bilinear rounding (8 ulps).
 LOGIT_ERROR = 2e-4
 ROUNDING = 8 * 2.0**-24
-MAX_TIE_SHARE = 0.1  # ties may not swallow the comparison (the matrix saw up to 3.2% per rule)
+# Ties may not swallow the comparison. The full matrix's worst canvas (resnet50-coco-stuff at
+# 768 x 768) left out 90,726 pixels over both rules: 7.7% of the image per rule on average.
+MAX_TIE_SHARE = 0.1
 
 Segments = list[tuple[int, np.ndarray]]  # (label, (H, W) bool mask)
 
