@@ -24,12 +24,11 @@ from typing import Any
 
 from maskserve.bundle import TASKS
 from maskserve.errors import UsageError
+from maskserve.service.backends import PROVIDER_CHOICES
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 FORMATS = ("json", "polygons", "png", "coco_panoptic", "overlay", "overlay_jpeg")
 SUFFIXES = {"segments": ".json", "annotation": ".json", "label_map": ".png", "panoptic": ".png"}
-# backends.ort's PROVIDERS and auto, spelled out so that parsing arguments imports no onnxruntime.
-PROVIDER_CHOICES = ("auto", "tensorrt", "cuda", "cpu")
 
 
 def _unit(text: str) -> float:

@@ -15,7 +15,7 @@ from pydantic import AliasChoices, AnyHttpUrl, BeforeValidator, Field, SecretStr
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from maskserve.bundle import DEFAULT_BUNDLE, Canvas
-from maskserve.service.backends import BackendOptions
+from maskserve.service.backends import BackendOptions, Provider
 from maskserve.service.decode import DEFAULT_MAX_IMAGE_PIXELS
 
 
@@ -77,7 +77,7 @@ class Settings(BaseSettings):
         "with bf16 kernels), else ONNX Runtime. Pin `openvino` to run fp32 bundles there too (5% faster on the "
         "Swin-T body here, docs/cpu-runtimes.md). Pin it to make a deployment fail loudly instead of falling back.",
     )
-    provider: Literal["auto", "tensorrt", "cuda", "cpu"] = Field(
+    provider: Provider = Field(
         "auto",
         description="ONNX Runtime execution provider. `auto` tries TensorRT EP, then CUDA EP, then CPU. "
         "Pin `cpu` on GPU machines shared with other jobs, or `cuda` to skip TensorRT engine builds.",

@@ -12,8 +12,14 @@ import importlib.util
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import Literal, get_args
 
 from maskserve.service.backends.base import Backend, BackendError
+
+# MASKSERVE_PROVIDER's choices: auto and ONNX Runtime's providers (backends.ort.PROVIDERS, which
+# this module does not import: it loads onnxruntime).
+Provider = Literal["auto", "tensorrt", "cuda", "cpu"]
+PROVIDER_CHOICES: tuple[str, ...] = get_args(Provider)
 
 __all__ = [
     "Backend",

@@ -9,9 +9,8 @@ import onnxruntime as ort
 import pytest
 
 from maskserve.bundle import SERVED_OUTPUTS, TASK_OUTPUTS, Bundle, PanopticUpsampling
-from maskserve.service.backends import BackendError
+from maskserve.service.backends import PROVIDER_CHOICES, BackendError
 from maskserve.service.backends.ort import PROVIDERS, OnnxRuntimeBackend, provider_chain
-from maskserve.service.segment_cli import PROVIDER_CHOICES
 
 
 def _feeds(batch: int, canvas: tuple[int, int], seed: int) -> dict[str, np.ndarray]:
@@ -72,7 +71,7 @@ def test_provider_chain() -> None:
         provider_chain("tensorrt", ["CPUExecutionProvider"])
     with pytest.raises(BackendError, match=r"unknown provider 'foo'; choices: auto, tensorrt, cuda, cpu$"):
         provider_chain("foo", available)
-    assert ("auto", *PROVIDERS) == PROVIDER_CHOICES  # maskserve segment --provider
+    assert ("auto", *PROVIDERS) == PROVIDER_CHOICES  # MASKSERVE_PROVIDER, maskserve segment --provider
 
 
 @pytest.mark.parametrize("backbone", ["swin", "resnet"])
