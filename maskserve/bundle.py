@@ -12,6 +12,8 @@ from enum import IntEnum
 from pathlib import Path
 from typing import Literal, get_args
 
+import numpy as np
+import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from maskserve.errors import UsageError
@@ -80,7 +82,40 @@ TASK_OUTPUTS: dict[Task, tuple[str, ...]] = {
     "panoptic": ("panoptic_map", "query_labels", "query_scores", "panoptic_areas"),
     "instance": ("instance_labels", "instance_scores", "instance_masks"),
 }
+# Per query: pixels it wins, pixels it wins at or above the mask threshold, pixels of its own mask
+# at or above it, and of its score-weighted mask. Post-processing reads the kept queries' rows
+# only (label not no-object, score above the threshold): the graph counts every query, the CPU
+# host head (maskserve.service.boundary_panoptic) leaves the others' rows 0.
 PANOPTIC_AREA_COLUMNS = ("argmax", "kept", "mask", "weighted_mask")
+
+
+def kept_queries(
+    query_labels: npt.NDArray[np.integer],
+    query_scores: npt.NDArray[np.floating],
+    score_threshold: object,
+    num_labels: int,
+) -> npt.NDArray[np.bool_]:
+    """The panoptic queries post-processing keeps: label not no-object (``num_labels``) and score
+    above ``score_threshold`` (float32 comparison, as the graph's).
+
+    ``query_labels`` and ``query_scores`` are ``(Q,)`` with a scalar threshold, or ``(B, Q)``
+    with ``(B,)`` thresholds.
+    """
+    threshold = np.asarray(score_threshold, np.float32)
+    kept: npt.NDArray[np.bool_] = (query_labels != num_labels) & (
+        np.asarray(query_scores, np.float32) > (threshold[..., None] if threshold.ndim else threshold)
+    )
+    return kept
+
+
+def kept_panoptic_areas(
+    outputs: dict[str, npt.NDArray[np.generic]], score_threshold: object, num_labels: int
+) -> npt.NDArray[np.int32]:
+    """``outputs["panoptic_areas"]`` ``(B, Q, 4)`` with the rows of queries that are not kept set
+    to 0: what the host head returns (``PANOPTIC_AREA_COLUMNS``), for comparing it with the graph."""
+    kept = kept_queries(outputs["query_labels"], outputs["query_scores"], score_threshold, num_labels)  # type: ignore[arg-type]
+    areas: npt.NDArray[np.int32] = (outputs["panoptic_areas"] * kept[..., None]).astype(np.int32)
+    return areas
 
 
 class AreaColumn(IntEnum):

@@ -1,9 +1,10 @@
-"""ONNX Runtime's bilinear Resize (linear, ``half_pixel``) reproduced in NumPy, bit for bit, on
-any subset of the output: the geometry of each output row and column (its two input positions
-and weights, from ``SetupUpsampleBilinear`` in onnxruntime/core/providers/cpu/tensor/upsample.cc)
-and the float32 interpolation ``dx2*dy2*X11 + dx1*dy2*X21 + dx2*dy1*X12 + dx1*dy1*X22``, left to
-right (``UpsampleBilinear`` in upsample.h). ``maskserve.service.boundary_head`` decides whole
-cells from their corners and calls this only for the pixels it cannot decide.
+"""ONNX Runtime's bilinear Resize (linear, ``half_pixel``) reproduced in NumPy, bit for bit: the
+geometry of each output row and column (its two input positions and weights, from
+``SetupUpsampleBilinear`` in onnxruntime/core/providers/cpu/tensor/upsample.cc), grouped into
+cells, and the float32 interpolation ``dx2*dy2*X11 + dx1*dy2*X21 + dx2*dy1*X12 + dx1*dy1*X22``,
+left to right (``UpsampleBilinear`` in upsample.h), on the whole valid region.
+``maskserve.service.boundary_head`` decides whole cells from their corners; the pixels of the
+other cells are computed by ``maskserve.service.cell_kernels`` from these tables.
 
 ``resize_probe`` lets the ONNX Runtime backend check, once at start-up, that the installed
 ONNX Runtime computes exactly this (other versions and architectures interpolate separably).
@@ -44,11 +45,6 @@ class Axis:
     start: Index  # (n_bands,) first output position of each band
     valid: Index  # (n_bands,) how many of the band's positions are inside the image
     adjacent: bool  # bands pair each input position with the next, the last with itself (upsampling)
-    size: Index  # (n_bands,) output positions per band
-    # (n_bands, width): each band's output positions, padded to the widest band by repeating its
-    # last one, and which of them are inside the image (so padding is never inside).
-    positions: Index
-    inside: npt.NDArray[np.bool_]
 
 
 def axis_table(n_in: int, n_out: int, n_valid: int) -> Axis:
@@ -68,7 +64,6 @@ def axis_table(n_in: int, n_out: int, n_valid: int) -> Axis:
     pairs, start, band = np.unique(lo * n_in + hi, return_index=True, return_inverse=True)
     sizes = np.diff(np.append(start, n_out))
     valid = np.clip(n_valid - start, 0, sizes)
-    offsets = np.arange(int(sizes.max()))
     return Axis(
         lo=lo,
         hi=hi,
@@ -81,9 +76,6 @@ def axis_table(n_in: int, n_out: int, n_valid: int) -> Axis:
         valid=valid.astype(np.intp),
         adjacent=len(pairs) == n_in
         and bool((pairs == np.arange(n_in) * n_in + np.minimum(np.arange(n_in) + 1, n_in - 1)).all()),
-        size=sizes.astype(np.intp),
-        positions=(start[:, None] + np.minimum(offsets[None, :], sizes[:, None] - 1)).astype(np.intp),
-        inside=offsets[None, :] < valid[:, None],
     )
 
 
@@ -122,71 +114,6 @@ class Grid:
         valid_h, valid_w = self.valid_hw
         return per_cell[self.rows.band[:valid_h, None], self.cols.band[None, :valid_w]]
 
-    def pixels(self, cell_rows: Index, cell_cols: Index) -> tuple[Index, Index, Index]:
-        """The valid pixels of the given cells: ``(owner, y, x)``, owner indexing the cells."""
-        height, width = self.rows.valid[cell_rows], self.cols.valid[cell_cols]
-        counts = height * width
-        owner = np.repeat(np.arange(len(counts)), counts)
-        offset = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
-        cell_width = width[owner]
-        y = self.rows.start[cell_rows][owner] + offset // cell_width
-        x = self.cols.start[cell_cols][owner] + offset % cell_width
-        return owner, y, x
-
-    def interpolate(self, low: F32, y: Index, x: Index, channel: Index | None = None) -> F32:
-        """ORT's bilinear value at canvas pixels ``(y, x)``, bit for bit.
-
-        ``low`` is ``(C, h, w)``; the result is ``(C, n)``, or ``(n,)`` with one ``channel`` per pixel.
-        """
-        rows, cols = self.rows, self.cols
-        y1, y2, x1, x2 = rows.lo[y], rows.hi[y], cols.lo[x], cols.hi[x]
-        dy2, dy1, dx2, dx1 = rows.w_lo[y], rows.w_hi[y], cols.w_lo[x], cols.w_hi[x]
-        if channel is None:
-            x11, x21, x12, x22 = low[:, y1, x1], low[:, y1, x2], low[:, y2, x1], low[:, y2, x2]
-        else:
-            x11, x21, x12, x22 = low[channel, y1, x1], low[channel, y1, x2], low[channel, y2, x1], low[channel, y2, x2]
-        # Each weight product first, then the sums left to right, as ORT's expression evaluates.
-        value: F32 = (((dx2 * dy2) * x11 + (dx1 * dy2) * x21) + (dx2 * dy1) * x12) + (dx1 * dy1) * x22
-        return value
-
-    def cell_values(
-        self, low: F32, cell_rows: Index, cell_cols: Index, channel: Index
-    ) -> tuple[F32, npt.NDArray[np.bool_]]:
-        """ORT's bilinear values on whole cells, bit for bit, one channel per cell: ``(n, R, C)``.
-
-        ``R x C`` is the largest of the given cells (``cell_shape``); a smaller cell repeats its
-        last row or column. Also returns which of the ``(n, R, C)`` pixels are valid. The
-        arithmetic per pixel is ``interpolate``'s, without its per-pixel gathers: a cell's pixels
-        share their corners.
-        """
-        rows, cols = self.rows, self.cols
-        height, width = self.cell_shape(cell_rows, cell_cols)
-        y, x = rows.positions[cell_rows, :height], cols.positions[cell_cols, :width]  # (n, R), (n, C)
-        x11, x21, x12, x22 = (corner[:, None, None] for corner in self.pair_corners(low, channel, cell_rows, cell_cols))
-        dy2, dy1 = rows.w_lo[y][:, :, None], rows.w_hi[y][:, :, None]
-        dx2, dx1 = cols.w_lo[x][:, None, :], cols.w_hi[x][:, None, :]
-        value: F32 = (((dx2 * dy2) * x11 + (dx1 * dy2) * x21) + (dx2 * dy1) * x12) + (dx1 * dy1) * x22
-        valid = rows.inside[cell_rows, :height][:, :, None] & cols.inside[cell_cols, :width][:, None, :]
-        return value, valid
-
-    def cell_shape(self, cell_rows: Index, cell_cols: Index) -> tuple[int, int]:
-        """``cell_values``' ``R x C`` for these cells."""
-        height = int(self.rows.size[cell_rows].max()) if len(cell_rows) else 1
-        width = int(self.cols.size[cell_cols].max()) if len(cell_cols) else 1
-        return height, width
-
-    def cell_pixels(self, cell_rows: Index, cell_cols: Index, shape: tuple[int, ...]) -> tuple[Index, Index]:
-        """The canvas coordinates of ``cell_values``' pixels (of ``shape``): ``y (n, R, 1)``, ``x (n, 1, C)``."""
-        return self.rows.positions[cell_rows, : shape[0], None], self.cols.positions[cell_cols, None, : shape[1]]
-
-    def regular_last(self, cell_rows: Index, cell_cols: Index) -> Index:
-        """An order of the given cells that puts the few larger than most (at the canvas's edges)
-        last, so that ``cell_values`` on chunks of them pads few cells."""
-        typical_rows, typical_cols = np.median(self.rows.size), np.median(self.cols.size)
-        larger = (self.rows.size[cell_rows] > typical_rows) | (self.cols.size[cell_cols] > typical_cols)
-        order: Index = np.argsort(larger, kind="stable")
-        return order
-
     def corner_range(self, low: F32, cell_rows: Index | None = None, cell_cols: Index | None = None) -> tuple[F32, F32]:
         """Per-channel min and max over each cell's four corners: ``(C, h, w)`` -> two ``(C, rows, cols)``.
 
@@ -194,14 +121,9 @@ class Grid:
         """
         rows, cols = self.rows, self.cols
         if cell_rows is not None and cell_cols is not None:
-            r1, r2, c1, c2 = (
-                rows.band_lo[cell_rows],
-                rows.band_hi[cell_rows],
-                cols.band_lo[cell_cols],
-                cols.band_hi[cell_cols],
-            )
-            a, b, c, d = low[:, r1, c1], low[:, r1, c2], low[:, r2, c1], low[:, r2, c2]
-            return np.minimum(np.minimum(a, b), np.minimum(c, d)), np.maximum(np.maximum(a, b), np.maximum(c, d))
+            from maskserve.service import cell_kernels  # it imports this module
+
+            return cell_kernels.corner_range(low, self, cell_rows, cell_cols)
         # Separable: the column pair first, then the row pair.
         small = pair_reduce(pair_reduce(low, cols, -1, np.minimum), rows, -2, np.minimum)
         large = pair_reduce(pair_reduce(low, cols, -1, np.maximum), rows, -2, np.maximum)
@@ -253,11 +175,6 @@ class Grid:
             block_reduce(block_reduce(small, -2, size, np.minimum), -1, size, np.minimum),
             block_reduce(block_reduce(large, -2, size, np.maximum), -1, size, np.maximum),
         )
-
-    def max_cell_pixels(self) -> int:
-        """Pixels of the largest cell, ``cell_values``' ``R x C``."""
-        height = np.diff(np.append(self.rows.start, self.canvas[0])).max()
-        return int(height * np.diff(np.append(self.cols.start, self.canvas[1])).max())
 
 
 def pair_reduce(low: npt.NDArray[T], table: Axis, axis: int, reduce: np.ufunc) -> npt.NDArray[T]:
@@ -334,5 +251,10 @@ def resize_probe() -> tuple[onnx.ModelProto, dict[str, npt.NDArray[np.generic]],
     # Magnitudes from subnormal to large, on an odd-sized map (edge clamping on both sides).
     low = (rng.random((3, 13, 17)) * 10.0 ** rng.integers(-40, 4, (3, 13, 17))).astype(np.float32)
     feeds: dict[str, npt.NDArray[np.generic]] = {"x": low[None], "sizes": np.array([1, 3, 52, 68], np.int64)}
-    expected = Grid((13, 17), (52, 68), (52, 68)).upsample(low)[None]
+    expected = probe_grid().upsample(low)[None]
     return model, feeds, expected
+
+
+def probe_grid() -> Grid:
+    """``resize_probe``'s geometry: 13 x 17 to 52 x 68, no letterbox."""
+    return Grid((13, 17), (52, 68), (52, 68))

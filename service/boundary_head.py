@@ -36,6 +36,7 @@ import numpy as np
 import numpy.typing as npt
 
 from maskserve.bundle import PanopticUpsampling, Task
+from maskserve.service import cell_kernels
 from maskserve.service.bilinear import Grid
 from maskserve.service.logistic import DROP
 
@@ -68,12 +69,10 @@ MARGIN = np.float32(2.0**-19)
 HOST_TASKS: tuple[Task, ...] = ("panoptic", "semantic")
 TINY = np.float32(np.finfo(np.float32).tiny)
 
-# Bound on the (pair, pixel) elements one vectorized step materializes: the worst case (noise
-# input, every cell undecided) stays at a few hundred MB instead of Q x H x W.
+# Bound on the (pair, pixel) values one step materializes (cell_kernels' buffers, and the
+# pruning's (channels, cells) bounds): the worst case (noise input, every cell undecided) stays
+# at a few tens of MB instead of Q x H x W.
 CHUNK = 1 << 21
-# Above this share of undecided pixels, maps are upsampled whole instead: per-pixel gathers cost
-# about ten times a dense pass per pixel.
-DENSE_SHARE = 0.125
 
 
 @dataclass(frozen=True)
@@ -204,10 +203,13 @@ class Maps:
     def take(self, channels: Index) -> Maps:
         return Maps(self.low[channels], self.sigmoid)
 
-    def cell_values(self, grid: Grid, cell_rows: Index, cell_cols: Index, channel: Index) -> tuple[F32, Bools]:
-        """The head's values on whole cells, one channel each, bit for bit: ``Grid.cell_values``."""
-        value, valid = grid.cell_values(self.low, cell_rows, cell_cols, channel)
-        return (value if self.sigmoid is None else self.sigmoid(value)), valid
+    def pair_values(
+        self, tables: cell_kernels.Tables, cell_rows: Index, cell_cols: Index, ptr: Index, channels: Index
+    ) -> F32:
+        """The head's values on the valid pixels of (cell, channel) pairs, bit for bit:
+        ``cell_kernels.values`` (then the Sigmoid)."""
+        value = cell_kernels.values(self.low, tables, cell_rows, cell_cols, ptr, channels)
+        return value if self.sigmoid is None else self.sigmoid(value)
 
     def upsample(self, grid: Grid) -> F32:
         """The head's values on the valid region, bit for bit: ``(C, valid_h, valid_w)``."""
@@ -261,20 +263,10 @@ class Maps:
 
 
 def best_two(values: F32) -> tuple[Index, F32, F32]:
-    """Over axis 0 of ``(C, h, w)``: the first maximum's index, its value, and the runner-up's value.
-
-    An exact tie gives equal values; a single channel gives -inf as the runner-up.
-    """
-    # One pass per channel over contiguous planes: faster than argmax along a strided axis.
-    best = np.full(values.shape[1:], -np.inf, np.float32)
-    second = best.copy()
-    index = np.zeros(values.shape[1:], np.intp)
-    for channel, plane in enumerate(values):
-        greater = plane > best  # strict: the first maximum keeps its index, as ArgMax
-        np.maximum(second, np.where(greater, best, plane), out=second)
-        np.copyto(best, plane, where=greater)
-        index[greater] = channel
-    return index, best, second
+    """Over axis 0 of ``(C, h, w)``: the first maximum's index, its value, and the runner-up's value
+    (``cell_kernels.best_two``). An exact tie gives equal values; a single channel gives -inf as
+    the runner-up."""
+    return cell_kernels.best_two(values)
 
 
 def top_two(values: F32) -> tuple[Index, F32, F32]:
@@ -291,20 +283,29 @@ def all_equal(
 
 
 def argmax_pixels(
-    grid: Grid, maps: Maps, scale: F32 | None, cell_rows: Index, cell_cols: Index
-) -> tuple[Index, Index, Index, F32]:
-    """The first-maximum channel of ``maps`` upsampled, times ``scale``, on every valid pixel of the given cells.
+    grid: Grid,
+    maps: Maps,
+    scale: F32 | None,
+    cell_rows: Index,
+    cell_cols: Index,
+    labels: cell_kernels.Labels,
+    out: npt.NDArray[np.int32],
+) -> None:
+    """The first-maximum channel of ``maps`` upsampled, times ``scale``, on every valid pixel of
+    the given cells, written into ``out (H, W)`` as ``labels`` (``cell_kernels.Labels``).
 
     Args:
         maps: ``(C, h, w)``; scale: ``(C,)`` float32 factors (>= 0) or None. The maps' cell ranges
             prune the channels: one whose best bound is below another's worst bound by more than
-            the margin loses on every pixel of the cell, so only the rest are computed.
-
-    Returns:
-        ``y``, ``x``, the winning channel and its unscaled upsampled value, one per pixel.
+            the margin loses on every pixel of the cell, so only the rest are computed, by
+            ``cell_kernels`` in chunks of about ``CHUNK`` (pair, pixel) values.
     """
+    tables = cell_kernels.Tables.of(grid)
+    if maps.sigmoid is None:  # the corners bound the values: all in one pass
+        cell_kernels.first_max_pruned(maps.low, scale, MARGIN, TINY, tables, cell_rows, cell_cols, labels, out)
+        return
     num_channels = len(maps.low)
-    per_cell = max(1, CHUNK // (num_channels * grid.max_cell_pixels()))
+    per_cell = max(1, CHUNK // num_channels)  # the bounds are (C, cells)
     candidate = np.zeros((len(cell_rows), num_channels), bool)
     for first in range(0, len(cell_rows), per_cell):
         part = slice(first, first + per_cell)
@@ -314,62 +315,12 @@ def argmax_pixels(
             low_min, low_max = low_min * scale[:, None], low_max * scale[:, None]
         floor = low_min.max(axis=0) - (MARGIN * np.abs(low_max).max(axis=0) + TINY)
         candidate[part] = (low_max >= floor).T
-    used = np.flatnonzero(candidate.any(axis=0))
-    cell_pixels = grid.rows.valid[cell_rows] * grid.cols.valid[cell_cols]
-    if int(candidate.sum(axis=1) @ cell_pixels) > DENSE_SHARE * len(used) * int(grid.valid.sum()):
-        winner, value = dense_argmax(grid, maps, scale, used)
-        _, y, x = grid.pixels(cell_rows, cell_cols)
-        return y, x, winner[y, x], value[y, x]
-    order = grid.regular_last(cell_rows, cell_cols)
-    cell_rows, cell_cols, candidate = cell_rows[order], cell_cols[order], candidate[order]
-    found: list[tuple[Index, Index, Index, F32]] = []
-    for first in range(0, len(cell_rows), per_cell):
-        part = slice(first, first + per_cell)
-        cell, channel = np.nonzero(candidate[part])  # cell-major, channels ascending
-        rows, cols = cell_rows[part][cell], cell_cols[part][cell]
-        value, valid = maps.cell_values(grid, rows, cols, channel)  # (pairs, R, C)
-        score = value if scale is None else value * scale[channel][:, None, None]
-        # Per cell and pixel, the first of its (ascending) channels with the highest score: the
-        # first maximum, ArgMax's (select_last_index=0) answer.
-        starts = np.flatnonzero(np.r_[True, cell[1:] != cell[:-1]])
-        owner = np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, len(cell)]))
-        best = np.maximum.reduceat(score, starts, axis=0)
-        position = np.where(score == best[owner], np.arange(len(cell))[:, None, None], len(cell))
-        pick = np.minimum.reduceat(position, starts, axis=0)  # (cells, R, C) indices of pairs
-        pixel = np.arange(pick[0].size).reshape(pick.shape[1:])
-        winner, winner_value = channel[pick], value.reshape(len(cell), -1)[pick, pixel]
-        y, x = grid.cell_pixels(rows[starts], cols[starts], value.shape[1:])
-        inside = valid[starts]
-        found.append(
-            (np.broadcast_to(y, inside.shape)[inside], np.broadcast_to(x, inside.shape)[inside], winner[inside],
-             winner_value[inside])
-        )  # fmt: skip
-    if not found:
-        empty = np.zeros(0, np.intp)
-        return empty, empty, empty, np.zeros(0, np.float32)
-    y, x, winner, winner_value = (np.concatenate(part) for part in zip(*found, strict=True))
-    return y, x, winner, winner_value
-
-
-def dense_argmax(grid: Grid, maps: Maps, scale: F32 | None, channels: Index) -> tuple[Index, F32]:
-    """``(valid_h, valid_w)`` first-maximum channel among ``channels`` (ascending) and its unscaled value."""
-    best = np.full(grid.valid_hw, -np.inf, np.float32)
-    winner = np.zeros(grid.valid_hw, np.intp)
-    value = np.zeros(grid.valid_hw, np.float32)
-    # Reused planes: a fresh canvas-sized array per channel costs more than the arithmetic.
-    score = np.empty(grid.valid_hw, np.float32)
-    greater = np.empty(grid.valid_hw, bool)
-    for channel in channels:
-        plane = maps.take(np.array([channel])).upsample(grid)[0]
-        if scale is None:
-            np.copyto(score, plane)
-        else:
-            np.multiply(plane, scale[channel], out=score)
-        np.greater(score, best, out=greater)  # strict, channels ascending: the first maximum wins, as ArgMax
-        np.copyto(best, score, where=greater)
-        np.copyto(value, plane, where=greater)
-        winner[greater] = channel
-    return winner, value
+    work = candidate.sum(axis=1) * cell_kernels.pixel_counts(tables, cell_rows, cell_cols)  # values per cell
+    for part in cell_kernels.chunks(work, CHUNK):
+        rows, cols, chosen = cell_rows[part], cell_cols[part], candidate[part]
+        _, channel = np.nonzero(chosen)  # cell-major, channels ascending
+        ptr = np.concatenate(([0], np.cumsum(chosen.sum(axis=1))))
+        cell_kernels.first_max(maps.low, maps.sigmoid, scale, tables, rows, cols, ptr, channel, labels, out)
 
 
 def semantic_map(segmentation: F32, image_size: tuple[int, int], canvas: tuple[int, int]) -> npt.NDArray[np.int32]:
@@ -390,8 +341,7 @@ def semantic_map(segmentation: F32, image_size: tuple[int, int], canvas: tuple[i
     decided = all_equal(*labels) & (smallest_gap > MARGIN * scale + TINY)
     out[:valid_h, :valid_w] = grid.expand(labels[0])
     rows, cols = np.nonzero(~decided & (grid.valid > 0))
-    y, x, winner, _ = argmax_pixels(grid, Maps(segmentation), None, rows, cols)
-    out[y, x] = winner
+    argmax_pixels(grid, Maps(segmentation), None, rows, cols, cell_kernels.Labels.channels(len(segmentation)), out)
     return out
 
 

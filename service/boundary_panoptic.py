@@ -31,8 +31,8 @@ from collections.abc import Callable
 import numpy as np
 import numpy.typing as npt
 
-from maskserve.bundle import PanopticUpsampling
-from maskserve.service import boundary_head
+from maskserve.bundle import PanopticUpsampling, kept_queries
+from maskserve.service import boundary_head, cell_kernels
 from maskserve.service.bilinear import Grid, block_reduce
 from maskserve.service.boundary_head import MARGIN, Maps
 
@@ -101,12 +101,6 @@ def _mask_areas_by_cell(grid: Grid, masks: Maps, scores: F32, threshold: np.floa
     for column in range(2):
         counts[:, column] = ((facts >> 2 * column) & 1).reshape(num_queries, -1) @ block_valid.ravel()
     unsettled = _open(facts) * (block_valid > 0).view(np.uint8)
-    # A query whose blocks are mostly unsettled (noise input) is upsampled whole at once (at 4x
-    # DENSE_SHARE of the pixels in unsettled blocks: those blocks' cells may still settle).
-    total = int(grid.valid.sum())
-    unsettled_pixels = (unsettled > 0).reshape(num_queries, -1) @ block_valid.ravel()
-    early = np.flatnonzero(unsettled_pixels > 4 * boundary_head.DENSE_SHARE * total)
-    unsettled[early] = 0
     query, block_row, block_col = np.nonzero(unsettled)
     # The cells of the unsettled blocks, with the columns their block left open.
     offsets = np.arange(BLOCK)
@@ -122,26 +116,19 @@ def _mask_areas_by_cell(grid: Grid, masks: Maps, scores: F32, threshold: np.floa
         settled_above = ((facts >> 2 * column) & (flags >> column) & 1) * cell_valid
         counts[:, column] += np.bincount(query, weights=settled_above, minlength=num_queries).astype(np.int64)
     flags = (_open(facts) & flags) * (cell_valid > 0).view(np.uint8)
-    # A query left mostly undecided (noise input) is cheaper to upsample whole.
-    share = np.bincount(query, weights=cell_valid * (flags > 0), minlength=num_queries)
-    dense = np.union1d(early, np.flatnonzero(share > boundary_head.DENSE_SHARE * total))
-    for first in range(0, len(dense), 8):
-        queries = dense[first : first + 8]
-        value = masks.take(queries).upsample(grid)
-        counts[queries, 0] = (value >= threshold).sum(axis=(1, 2))
-        counts[queries, 1] = (value * scores[queries, None, None] >= threshold).sum(axis=(1, 2))
-    undecided = np.flatnonzero((flags > 0) & ~np.isin(query, dense))
-    undecided = undecided[grid.regular_last(rows[undecided], cols[undecided])]
+    # The rest pixel by pixel: one (cell, query) pair each.
+    undecided = np.flatnonzero(flags)
     query, rows, cols, flags = query[undecided], rows[undecided], cols[undecided], flags[undecided]
-    per_step = max(1, boundary_head.CHUNK // grid.max_cell_pixels())
-    for first in range(0, len(query), per_step):
-        part = slice(first, first + per_step)
-        channel, flag = query[part], flags[part]
-        value, pixel_valid = masks.cell_values(grid, rows[part], cols[part], channel)  # (n, R, C)
-        for column, reached in enumerate((value >= threshold, value * scores[channel][:, None, None] >= threshold)):
-            hits = np.count_nonzero(reached & pixel_valid, axis=(1, 2))
-            use = flag & (1 << column) > 0
-            counts[:, column] += np.bincount(channel[use], weights=hits[use], minlength=num_queries).astype(np.int64)
+    tables = cell_kernels.Tables.of(grid)
+    pixels = cell_kernels.pixel_counts(tables, rows, cols)
+    hits = np.zeros((len(query), 2), np.int64)
+    for part in cell_kernels.chunks(pixels, boundary_head.CHUNK):
+        ptr = np.arange(part.stop - part.start + 1)
+        value = masks.pair_values(tables, rows[part], cols[part], ptr, query[part])
+        hits[part] = cell_kernels.threshold_counts(value, pixels[part], scores[query[part]], threshold)
+    for column in range(2):
+        use = flags & (1 << column) > 0
+        counts[:, column] += np.bincount(query[use], weights=hits[use, column], minlength=num_queries).astype(np.int64)
     return counts
 
 
@@ -188,8 +175,9 @@ def _panoptic_inside(grid: Grid, masks: Maps, scores: F32, kept: Index, threshol
     local, state = decide(grid, kept_masks, kept_scores, threshold)
     inside = grid.expand((kept[local] + num_queries * (state < 0)).astype(np.int32))
     rows, cols = np.nonzero((state == 0) & (grid.valid > 0))
-    y, x, winner, prob = boundary_head.argmax_pixels(grid, kept_masks, kept_scores, rows, cols)
-    inside[y, x] = kept[winner] + num_queries * (prob < threshold)
+    on = kept.astype(np.int32)
+    labels = cell_kernels.Labels(on, on + np.int32(num_queries), threshold)  # off: below the threshold
+    boundary_head.argmax_pixels(grid, kept_masks, kept_scores, rows, cols, labels, inside)
     return inside
 
 
@@ -210,21 +198,26 @@ def panoptic(
 
     Returns ``panoptic_map (H, W)`` int32, ``query_labels (Q,)`` int32, ``query_scores (Q,)``
     float32 and ``panoptic_areas (Q, 4)`` int32 in ``maskserve.bundle.PANOPTIC_AREA_COLUMNS``
-    order, all counted on valid pixels only.
+    order, all counted on valid pixels only: the graph's rows for the kept queries (label not
+    no-object, score above ``score_threshold``), 0 for the others.
     """
     num_queries, num_classes_plus_one = class_probs.shape
     scores = class_probs.max(axis=-1)
     labels = class_probs.argmax(axis=-1)
-    keep = (labels != num_classes_plus_one - 1) & (scores > np.float32(score_threshold))
+    keep = kept_queries(labels, scores, score_threshold, num_classes_plus_one - 1)
     threshold = np.float32(mask_threshold)
     maps = Maps(masks, sigmoid)
     grid = Grid((masks.shape[1], masks.shape[2]), canvas, image_size)
     areas = np.zeros((num_queries, 4), np.int64)
-    areas[:, 2:] = _mask_areas(grid, maps, scores, threshold)
+    kept = np.flatnonzero(keep)
+    # Only the kept queries' rows: post-processing reads no other (the graph counts every query,
+    # and most of that work would be the other queries' masks).
+    if len(kept):
+        areas[kept, 2:] = _mask_areas(grid, maps.take(kept), scores[kept], threshold)
     panoptic_map = np.full(canvas, -1, np.int32)
     valid_h, valid_w = grid.valid_hw
     if keep.any() and valid_h > 0 and valid_w > 0:
-        inside = _panoptic_inside(grid, maps, scores, np.flatnonzero(keep), threshold)
+        inside = _panoptic_inside(grid, maps, scores, kept, threshold)
         panoptic_map[:valid_h, :valid_w] = inside
         counts = np.bincount(inside.ravel(), minlength=2 * num_queries)
         areas[:, 0] = counts[:num_queries] + counts[num_queries:]

@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from maskserve.bundle import AreaColumn, PanopticUpsampling, Task
+from maskserve.bundle import AreaColumn, PanopticUpsampling, Task, kept_queries
 from maskserve.service.preprocess import Letterbox
 from maskserve.service.result import Segment
 from maskserve.service.rle import EncodedMask, encode_label_map
@@ -181,7 +181,7 @@ class PostProcessor:
         areas = outputs["panoptic_areas"].astype(np.int64)
         isthing = self.isthing
         num_queries, num_labels = labels.shape[0], isthing.shape[0]
-        kept = np.flatnonzero((labels != num_labels) & (scores > np.float32(params.score_threshold)))
+        kept = np.flatnonzero(kept_queries(labels, scores, params.score_threshold, num_labels))
 
         # lut maps panoptic_map values (q, q + Q, and -1 as the last entry) to segment numbers.
         lut = np.zeros(2 * num_queries + 1, dtype=np.int32)

@@ -31,7 +31,7 @@ import onnxruntime as ort
 
 from maskserve.bundle import INPUTS, RAW_OUTPUTS, TASK_OUTPUTS, PanopticUpsampling, Task
 from maskserve.errors import first_line
-from maskserve.service import bilinear, boundary_head, boundary_panoptic, logistic
+from maskserve.service import bilinear, boundary_head, boundary_panoptic, cell_kernels, logistic
 from maskserve.service.backends.base import BackendError
 
 if TYPE_CHECKING:
@@ -287,8 +287,12 @@ class Heads:
             log.warning("%s head stays in ONNX Runtime: not the graph boundary_head replicates", " and ".join(missing))
         if low:
             probe, feeds, expected = bilinear.resize_probe()
+            cell_kernels.warm()  # compiled (or loaded from numba's cache) now, not at a first request
             if not np.array_equal(session(probe.SerializeToString()).run(None, feeds)[0], expected):
                 log.warning("host head off: this onnxruntime build's Resize rounds differently from boundary_head")
+                low = {}
+            elif not np.array_equal(cell_kernels.upsample(feeds["x"][0], bilinear.probe_grid()), expected[0]):
+                log.warning("host head off: the compiled cell kernels round differently from ONNX Runtime's Resize")
                 low = {}
         self.host_tasks: tuple[Task, ...] = tuple(sorted(low))
         self._sigmoid: logistic.Sigmoid | None = None

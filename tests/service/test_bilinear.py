@@ -15,45 +15,6 @@ def test_the_probe_equals_onnxruntime() -> None:
     assert np.array_equal(session.run(None, feeds)[0], expected)
 
 
-@pytest.mark.parametrize(
-    ("low", "canvas"), [((8, 8), (32, 32)), ((13, 17), (52, 68)), ((4, 6), (16, 24)), ((1, 3), (4, 12))]
-)
-def test_interpolating_any_pixels_equals_upsampling_all(low: tuple[int, int], canvas: tuple[int, int]) -> None:
-    rng = np.random.default_rng(sum(low))
-    values = rng.random((2, *low), dtype=np.float32)
-    grid = Grid(low, canvas, canvas)
-    full = grid.upsample(values)
-    y, x = rng.integers(0, canvas[0], 200), rng.integers(0, canvas[1], 200)
-    assert np.array_equal(grid.interpolate(values, y, x), full[:, y, x])
-
-
-# (low, canvas, image); the last is no 4x upsampling (cells pair positions that are not neighbours).
-CELL_CASES = [
-    ((8, 8), (32, 32), (30, 27)),
-    ((13, 17), (52, 68), (52, 68)),
-    ((1, 3), (4, 12), (1, 12)),
-    ((6, 4), (12, 5), (9, 5)),
-]
-
-
-@pytest.mark.parametrize(("low", "canvas", "image"), CELL_CASES)
-def test_whole_cells_equal_upsampling_all(
-    low: tuple[int, int], canvas: tuple[int, int], image: tuple[int, int]
-) -> None:
-    """``cell_values`` gives every valid pixel of the cells once, as ``upsample``."""
-    rng = np.random.default_rng(sum(canvas))
-    values = rng.random((3, *low), dtype=np.float32)
-    grid = Grid(low, canvas, image)
-    full = grid.upsample(values)
-    rows, cols = np.nonzero(np.ones(grid.valid.shape, bool))
-    channel = rng.integers(0, 3, len(rows))
-    got, valid = grid.cell_values(values, rows, cols, channel)
-    y, x = grid.cell_pixels(rows, cols, got.shape[1:])
-    y, x, channels = (np.broadcast_to(a, got.shape)[valid] for a in (y, x, channel[:, None, None]))
-    assert valid.sum() == image[0] * image[1] == len(set(zip(y.tolist(), x.tolist(), strict=True)))
-    assert np.array_equal(got[valid], full[channels, y, x])
-
-
 @pytest.mark.parametrize(("low", "canvas"), [((16, 13), (64, 52)), ((9, 17), (36, 68)), ((6, 4), (12, 5))])
 def test_block_ranges_bound_their_cells(low: tuple[int, int], canvas: tuple[int, int]) -> None:
     rng = np.random.default_rng(low[0])

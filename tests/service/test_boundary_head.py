@@ -27,7 +27,7 @@ import onnxruntime as ort
 import pytest
 
 from bench.boundary_head import export_head, trained_like
-from maskserve.bundle import INPUTS, RAW_OUTPUTS, TASK_OUTPUTS, Bundle, PanopticUpsampling
+from maskserve.bundle import INPUTS, RAW_OUTPUTS, TASK_OUTPUTS, Bundle, PanopticUpsampling, kept_panoptic_areas
 from maskserve.service import boundary_head, boundary_panoptic, logistic
 
 OUTPUTS = ("semantic_map", *TASK_OUTPUTS["panoptic"])
@@ -142,11 +142,12 @@ def test_graph_tensors_recognise_only_the_schema_2_choice(heads: dict[str, Head]
         assert "panoptic" not in found.names
 
 
-@pytest.fixture(params=["auto", "sparse", "dense"])
+@pytest.fixture(params=["chunk", "small-chunks"])
 def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Run with the library's choice, or force per-pixel or whole-map evaluation of undecided cells."""
-    share = {"auto": boundary_head.DENSE_SHARE, "sparse": np.inf, "dense": -1.0}[request.param]
-    monkeypatch.setattr(boundary_head, "DENSE_SHARE", share)
+    """Run with the library's chunk of per-pixel work, or with chunks of a few dozen cells (an odd
+    size, so that the test canvases split into many chunks, ending anywhere)."""
+    if request.param == "small-chunks":
+        monkeypatch.setattr(boundary_head, "CHUNK", 1031)
     return str(request.param)
 
 
@@ -194,7 +195,11 @@ def _host(low: tuple[np.ndarray, ...], feeds: dict[str, np.ndarray]) -> dict[str
     }
 
 
-def _assert_identical(got: dict[str, np.ndarray], expected: dict[str, np.ndarray]) -> None:
+def _assert_identical(
+    got: dict[str, np.ndarray], expected: dict[str, np.ndarray], feeds: dict[str, np.ndarray], no_object: int
+) -> None:
+    """The host's outputs equal the session's, bit for bit (panoptic areas on the kept rows)."""
+    expected = {**expected, "panoptic_areas": kept_panoptic_areas(expected, feeds["score_threshold"], no_object)}
     assert set(got) == set(expected)
     for name, value in expected.items():
         assert got[name].dtype == value.dtype and got[name].shape == value.shape, name
@@ -258,7 +263,7 @@ def test_equals_the_head_session(
         if seed == 1:
             _thresholds_on_values(feeds, low, head)
         expected, low = head.run_full(feeds)
-        _assert_identical(_host(low, feeds), expected)
+        _assert_identical(_host(low, feeds), expected, feeds, low[0].shape[-1] - 1)
 
 
 @pytest.mark.parametrize("order", [LOGITS, PROBABILITIES])
@@ -272,14 +277,14 @@ def test_trained_like_cases_leave_most_cells_decided(
     undecided: list[int] = []
     computed = boundary_head.argmax_pixels
 
-    def spy(grid, maps, scale, cell_rows, cell_cols):  # type: ignore[no-untyped-def]
+    def spy(grid, maps, scale, cell_rows, cell_cols, labels, out):  # type: ignore[no-untyped-def]
         undecided.append(len(cell_rows))
-        return computed(grid, maps, scale, cell_rows, cell_cols)
+        computed(grid, maps, scale, cell_rows, cell_cols, labels, out)
 
     monkeypatch.setattr(boundary_head, "argmax_pixels", spy)
     feeds = _feeds(canvas, *_logits("trained", head, canvas, 0), order)
     expected, low = head.run_full(feeds)
-    _assert_identical(_host(low, feeds), expected)
+    _assert_identical(_host(low, feeds), expected, feeds, low[0].shape[-1] - 1)
     cells = (canvas[0] // 4) * (canvas[1] // 4)
     semantic, panoptic = undecided[0], undecided[BATCH]  # image 0, full size
     # The duplicated and near-duplicated queries tie over their whole segments, hence only "most".
@@ -399,7 +404,7 @@ def test_tail_equals_on_crafted_values(
     for canvas in [(128, 96), (64, 64)]:
         feeds = _tail_feeds(canvas, threshold)
         low, feeds["mask_logits"] = _crafted(kind, head, (canvas[0] // 4, canvas[1] // 4), threshold, seed=len(kind))
-        _assert_identical(_host(low, feeds), head.run_tail(low, feeds))
+        _assert_identical(_host(low, feeds), head.run_tail(low, feeds), feeds, low[0].shape[-1] - 1)
 
 
 def test_ulp_apart_decisions_are_not_taken_from_the_corners(
@@ -427,7 +432,7 @@ def test_logits_order_winners_are_not_taken_from_agreeing_corners(
     expected = head.run_tail(low, feeds)
     image = expected["panoptic_map"][0] % head.num_queries
     assert (image[:, 0] == 0).all() and (image == 1).any()  # query 0 at the corners, query 1 between
-    _assert_identical(_host(low, feeds), expected)
+    _assert_identical(_host(low, feeds), expected, feeds, low[0].shape[-1] - 1)
 
     def from_corners(grid, masks, scores, threshold):  # type: ignore[no-untyped-def]
         probabilities = boundary_head.Maps(masks.sigmoid(masks.low))

@@ -15,7 +15,9 @@ def test_service_imports_no_torch() -> None:
         f"{openvino}"
         "import maskserve.cli, maskserve.bundle;"
         "maskserve.cli.build_parser();"
-        "bad = [m for m in ('torch', 'transformers', 'scipy') if m in sys.modules];"
+        # Not scipy (which the model's loss needs): numba imports it where it is installed.
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers')"
+        " or m.startswith('maskserve.model')];"
         "assert not bad, bad"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
