@@ -27,6 +27,7 @@ Shapes: ``Q`` queries, ``K`` labels (``K+1`` with no-object), ``h x w`` mask res
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import numpy.typing as npt
@@ -39,6 +40,10 @@ from maskserve.service.boundary_head import MARGIN, Maps
 F32 = npt.NDArray[np.float32]
 Index = npt.NDArray[np.intp]
 I8 = npt.NDArray[np.int8]
+
+# Counts the mask areas while the caller computes the winner map (``panoptic``): one worker, so
+# concurrent callers queue their areas here (each waits for its own).
+_AREAS = ThreadPoolExecutor(max_workers=1, thread_name_prefix="panoptic-areas")
 
 
 def _threshold_bounds(threshold: np.float32) -> tuple[np.float32, np.float32]:
@@ -212,8 +217,9 @@ def panoptic(
     kept = np.flatnonzero(keep)
     # Only the kept queries' rows: post-processing reads no other (the graph counts every query,
     # and most of that work would be the other queries' masks).
-    if len(kept):
-        areas[kept, 2:] = _mask_areas(grid, maps.take(kept), scores[kept], threshold)
+    # The mask areas and the winner map are independent: the areas on a second core (the
+    # compiled loops, ONNX Runtime and NumPy's large operations release the GIL).
+    pending = _AREAS.submit(_mask_areas, grid, maps.take(kept), scores[kept], threshold) if len(kept) else None
     panoptic_map = np.full(canvas, -1, np.int32)
     valid_h, valid_w = grid.valid_hw
     if keep.any() and valid_h > 0 and valid_w > 0:
@@ -222,6 +228,8 @@ def panoptic(
         counts = np.bincount(inside.ravel(), minlength=2 * num_queries)
         areas[:, 0] = counts[:num_queries] + counts[num_queries:]
         areas[:, 1] = counts[:num_queries]
+    if pending is not None:
+        areas[kept, 2:] = pending.result()
     return {
         "panoptic_map": panoptic_map,
         "query_labels": labels.astype(np.int32),
