@@ -66,8 +66,10 @@ OPENVINO_MISSING = "backend 'openvino' needs the openvino package: pip install '
 # ``python -m bench.cpu_runtimes`` (docs/cpu-runtimes.md): bf16, where it runs the Swin-T/ADE body
 # in about half the time of ONNX Runtime's float32 (which has no bf16 CPU kernels). In float32 it
 # was 5% faster, quiet and contended alike (ONNX Runtime no longer spins: ``ort.session_options``),
-# under the 15% that would pay for changing every CPU deployment's runtime; on dynamic int8
-# bundles (``MatMulInteger``) it was 1.4x slower.
+# under the 15% that would pay for changing every CPU deployment's runtime (later quiet runs of
+# the float32 body: 13% in a side-by-side of 7 alternating calls, 15% and 20% in two `python -m bench`
+# runs: at the bar, not clearly past it); on dynamic int8 bundles (``MatMulInteger``) it was 1.4x
+# slower.
 OPENVINO_WINS = frozenset({"bf16"})
 
 
