@@ -92,7 +92,7 @@ PANOPTIC_AREA_COLUMNS = ("argmax", "kept", "mask", "weighted_mask")
 def kept_queries(
     query_labels: npt.NDArray[np.integer],
     query_scores: npt.NDArray[np.floating],
-    score_threshold: object,
+    score_threshold: float | npt.NDArray[np.floating],
     num_labels: int,
 ) -> npt.NDArray[np.bool_]:
     """The panoptic queries post-processing keeps: label not no-object (``num_labels``) and score
@@ -109,7 +109,7 @@ def kept_queries(
 
 
 def kept_panoptic_areas(
-    outputs: dict[str, npt.NDArray[np.generic]], score_threshold: object, num_labels: int
+    outputs: dict[str, npt.NDArray[np.generic]], score_threshold: npt.NDArray[np.floating], num_labels: int
 ) -> npt.NDArray[np.int32]:
     """``outputs["panoptic_areas"]`` ``(B, Q, 4)`` with the rows of queries that are not kept set
     to 0: what the host head returns (``PANOPTIC_AREA_COLUMNS``), for comparing it with the graph."""

@@ -114,16 +114,10 @@ class Grid:
         valid_h, valid_w = self.valid_hw
         return per_cell[self.rows.band[:valid_h, None], self.cols.band[None, :valid_w]]
 
-    def corner_range(self, low: F32, cell_rows: Index | None = None, cell_cols: Index | None = None) -> tuple[F32, F32]:
-        """Per-channel min and max over each cell's four corners: ``(C, h, w)`` -> two ``(C, rows, cols)``.
-
-        With ``cell_rows``/``cell_cols`` (n,), only those cells: two ``(C, n)``.
-        """
+    def corner_range(self, low: F32) -> tuple[F32, F32]:
+        """Per-channel min and max over each cell's four corners: ``(C, h, w)`` -> two ``(C, rows, cols)``
+        (``cell_kernels.corner_range`` for given cells)."""
         rows, cols = self.rows, self.cols
-        if cell_rows is not None and cell_cols is not None:
-            from maskserve.service import cell_kernels  # it imports this module
-
-            return cell_kernels.corner_range(low, self, cell_rows, cell_cols)
         # Separable: the column pair first, then the row pair.
         small = pair_reduce(pair_reduce(low, cols, -1, np.minimum), rows, -2, np.minimum)
         large = pair_reduce(pair_reduce(low, cols, -1, np.maximum), rows, -2, np.maximum)

@@ -211,15 +211,12 @@ class Maps:
         value = cell_kernels.values(self.low, tables, cell_rows, cell_cols, ptr, channels)
         return value if self.sigmoid is None else self.sigmoid(value)
 
-    def upsample(self, grid: Grid) -> F32:
-        """The head's values on the valid region, bit for bit: ``(C, valid_h, valid_w)``."""
-        value = grid.upsample(self.low)
-        return value if self.sigmoid is None else self.sigmoid(value)
-
     def cell_range(self, grid: Grid, cell_rows: Index | None = None, cell_cols: Index | None = None) -> tuple[F32, F32]:
         """Bounds on the head's values over each cell: two ``(C, rows, cols)``, or ``(C, n)`` for the
         given cells (see ``_widen``)."""
-        return self._widen(*grid.corner_range(self.low, cell_rows, cell_cols))
+        if cell_rows is not None and cell_cols is not None:
+            return self._widen(*cell_kernels.corner_range(self.low, grid, cell_rows, cell_cols))
+        return self._widen(*grid.corner_range(self.low))
 
     def pair_range(self, grid: Grid, channel: Index, cell_rows: Index, cell_cols: Index) -> tuple[F32, F32]:
         """As ``cell_range`` for one channel per cell: two ``(n,)``."""
@@ -315,12 +312,14 @@ def argmax_pixels(
             low_min, low_max = low_min * scale[:, None], low_max * scale[:, None]
         floor = low_min.max(axis=0) - (MARGIN * np.abs(low_max).max(axis=0) + TINY)
         candidate[part] = (low_max >= floor).T
+    candidate[~candidate.any(axis=1)] = True  # NaN bounds prune nothing (every cell needs a channel)
     work = candidate.sum(axis=1) * cell_kernels.pixel_counts(tables, cell_rows, cell_cols)  # values per cell
     for part in cell_kernels.chunks(work, CHUNK):
         rows, cols, chosen = cell_rows[part], cell_cols[part], candidate[part]
         _, channel = np.nonzero(chosen)  # cell-major, channels ascending
         ptr = np.concatenate(([0], np.cumsum(chosen.sum(axis=1))))
-        cell_kernels.first_max(maps.low, maps.sigmoid, scale, tables, rows, cols, ptr, channel, labels, out)
+        value = maps.pair_values(tables, rows, cols, ptr, channel)
+        cell_kernels.first_max(value, scale, tables, rows, cols, ptr, channel, labels, out)
 
 
 def semantic_map(segmentation: F32, image_size: tuple[int, int], canvas: tuple[int, int]) -> npt.NDArray[np.int32]:

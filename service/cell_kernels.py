@@ -20,7 +20,6 @@ from __future__ import annotations
 import itertools
 import os
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -194,7 +193,9 @@ def _first_max_pruned(  # type: ignore[no-untyped-def]
         _cell_weights(y0, ny, x0, nx, r_wlo, r_whi, c_wlo, c_whi, w)
         first = True
         for k in range(num_channels):
-            if high[k] >= floor:
+            # The last channel when none reaches the floor (NaN corners): a defined answer, never
+            # the scratch buffers' leftovers.
+            if high[k] >= floor or (first and k == num_channels - 1):
                 _cell_values(low[k], y1, y2, x1, x2, w, pixels, value, 0)
                 _update(value, k, scale, scaled, pixels, best, best_value, best_channel, first)
                 first = False
@@ -305,8 +306,7 @@ class Labels:
 
 
 def first_max(
-    low: F32,
-    sigmoid: Callable[[F32], F32] | None,
+    values_: F32,
     scale: F32 | None,
     tables: Tables,
     cell_rows: Index,
@@ -317,16 +317,14 @@ def first_max(
     out: npt.NDArray[np.int32],
 ) -> None:
     """On every valid pixel ``(y, x)`` of the cells, ``out[y, x]`` = ``labels`` of the first of the
-    cell's candidates maximising the upsampled ``low (C, h, w)`` (passed through ``sigmoid``,
-    then times ``scale (C,)`` in float32, when given): ONNX ArgMax over those channels."""
-    args = (_ints(cell_rows), _ints(cell_cols), _ints(ptr), _ints(channels), tables.rows, tables.cols)
+    cell's candidates maximising its value (times ``scale (C,)`` in float32, when given): ONNX
+    ArgMax over those channels. ``values_`` is laid out as ``values`` returns it (the head's
+    values: after the Sigmoid in the panoptic logits order)."""
     factors = np.ones(1, np.float32) if scale is None else np.ascontiguousarray(scale, np.float32)
-    label_args = (np.ascontiguousarray(labels.on, np.int32), np.ascontiguousarray(labels.off, np.int32),
-                  np.float32(labels.threshold), out)  # fmt: skip
-    value = values(low, tables, cell_rows, cell_cols, ptr, channels)
-    if sigmoid is not None:
-        value = sigmoid(value)
-    _first_max(value, factors, scale is not None, *args, *label_args)
+    _first_max(np.ascontiguousarray(values_, np.float32), factors, scale is not None, _ints(cell_rows),
+               _ints(cell_cols), _ints(ptr), _ints(channels), tables.rows, tables.cols,
+               np.ascontiguousarray(labels.on, np.int32), np.ascontiguousarray(labels.off, np.int32),
+               np.float32(labels.threshold), out)  # fmt: skip
 
 
 def first_max_pruned(
@@ -407,8 +405,7 @@ def warm() -> None:
     value = values(low, tables, rows, cols, ptr, channels)
     out = np.zeros(grid.canvas, np.int32)
     for scale in (None, np.ones(2, np.float32)):
-        for sigmoid in (None, np.negative):
-            first_max(low, sigmoid, scale, tables, rows, cols, ptr, channels, Labels.channels(2), out)
+        first_max(value, scale, tables, rows, cols, ptr, channels, Labels.channels(2), out)
         first_max_pruned(low, scale, np.float32(1e-6), np.float32(1e-38), tables, rows, cols, Labels.channels(2), out)
     threshold_counts(value[: int(pixel_counts(tables, rows, cols).sum())], pixel_counts(tables, rows, cols),
                      np.ones(2, np.float32), np.float32(0.5))  # fmt: skip

@@ -132,15 +132,17 @@ def test_host_head_equals_head_sessions_and_fused(bundle_factory, backbone: str)
         ("graph", "head stays in ONNX Runtime: not the graph boundary_head replicates"),
         ("resize", "host head off: this onnxruntime build's Resize rounds differently"),
         ("sigmoid", "logits-first panoptic images stay in ONNX Runtime"),
+        ("kernels", "host head off: the compiled cell kernels round differently"),
     ],
 )
 def test_host_head_falls_back_to_head_sessions(
     swin_bundle: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, reason: str, logged: str
 ) -> None:
-    """A graph the host head does not replicate, or an onnxruntime whose Resize rounds otherwise,
-    keeps the head sessions; one whose Sigmoid is another kernel keeps the panoptic head session
+    """A graph the host head does not replicate, an onnxruntime whose Resize rounds otherwise, or
+    compiled kernels that round otherwise (another numba or LLVM contracting into FMAs) keep the
+    head sessions; an onnxruntime whose Sigmoid is another kernel keeps the panoptic head session
     for logits-first images only."""
-    from maskserve.service import bilinear, boundary_head, logistic
+    from maskserve.service import bilinear, boundary_head, cell_kernels, logistic
 
     if reason == "graph":
         monkeypatch.setattr(boundary_head, "graph_tensors", lambda heads: boundary_head.HostTensors({}))
@@ -152,6 +154,9 @@ def test_host_head_falls_back_to_head_sessions(
             return model, feeds, np.nextafter(expected, np.float32(np.inf))
 
         monkeypatch.setattr(bilinear, "resize_probe", off_by_one_ulp)
+    elif reason == "kernels":
+        compiled = cell_kernels.upsample
+        monkeypatch.setattr(cell_kernels, "upsample", lambda low, grid: np.nextafter(compiled(low, grid), np.inf))
     else:
         monkeypatch.setattr(logistic, "follows_onnxruntime", lambda session: False)
     path = Bundle.load(swin_bundle).model_path
