@@ -74,8 +74,9 @@ class Settings(BaseSettings):
         "auto",
         description="Runtime. `auto` picks native TensorRT when its engine and a GPU are present, else OpenVINO "
         "for a bf16 bundle on a CPU where it is installed (`maskserve[cpu,openvino]`: the only CPU runtime here "
-        "with bf16 kernels), else ONNX Runtime. Pin `openvino` to run fp32 bundles there too (5% faster on the "
-        "Swin-T body here, docs/cpu-runtimes.md). Pin it to make a deployment fail loudly instead of falling back.",
+        "with bf16 kernels), else ONNX Runtime. Pin `openvino` to run fp32 bundles there too (5-20% faster on the "
+        "Swin-T body across runs here, docs/cpu-runtimes.md and docs/benchmarks.md). Pin it to make a deployment "
+        "fail loudly instead of falling back.",
     )
     provider: Provider = Field(
         "auto",

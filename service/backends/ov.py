@@ -3,8 +3,9 @@ exactly as on the ONNX Runtime CPU path (``ort.Heads``: the host head for semant
 panoptic, a small session for instance).
 
 OpenVINO reads the bundle's ONNX graph directly. On this project's 2-core AVX-512 CPU it ran the
-Swin-T/ADE body 5% faster than ONNX Runtime in float32 and in about half the time at bf16, which
-ONNX Runtime cannot compute on x86 (docs/cpu-runtimes.md, from ``python -m bench.cpu_runtimes``);
+Swin-T/ADE body 5-20% faster than ONNX Runtime in float32 across runs (docs/cpu-runtimes.md, from
+``python -m bench.cpu_runtimes``, and docs/benchmarks.md) and in about half the time at bf16, which
+ONNX Runtime cannot compute on x86;
 ``auto`` takes it for bf16 bundles. Only the body changes runtime: given the same logits, the
 answers are ONNX Runtime's bit for bit, and the reductions after the logits stay float32 in
 every precision.
